@@ -1,0 +1,349 @@
+"""Image-text datasets with decoded-image caching, deterministic augmentation and bad-sample handling.
+
+Speed: images are decoded, squared and resized once into a uint8 cache (RAM, or a memory-mapped file
+for larger sets), captions are tokenized once per distinct text, and normalisation runs per batch.
+Reproducibility: every random choice for a sample (crop, flip, which caption) comes from a generator
+seeded by ``(seed, epoch, index)``, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from medvlp.data.manifest import Manifest, check_row
+from medvlp.errors import DataError
+
+
+@dataclass
+class ImageOptions:
+    """How images become model input."""
+
+    size: int = 64  # model input size
+    grayscale: bool = False  # replicate one channel to three
+    pad_to_square: bool = False  # pad (CXR) instead of centre-cropping to a square
+    mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
+    reader: str = "auto"
+    reader_options: dict[str, Any] = field(default_factory=dict)
+    augment: bool = True  # random resized crop (scale 0.7-1)
+    hflip: bool = True  # horizontal flips (off for CXR: laterality matters)
+
+
+def to_square(img: Image.Image, size: int, pad: bool) -> Image.Image:
+    """Pad (zero) or centre-crop to a square, then resize to ``size`` (bicubic, antialiased)."""
+    w, h = img.size
+    if w != h:
+        if pad:
+            s = max(w, h)
+            canvas = Image.new(img.mode, (s, s))
+            canvas.paste(img, ((s - w) // 2, (s - h) // 2))
+            img = canvas
+        else:
+            s = min(w, h)
+            left, top = (w - s) // 2, (h - s) // 2
+            img = img.crop((left, top, left + s, top + s))
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
+    return img
+
+
+def load_as_array(source: str, opts: ImageOptions) -> np.ndarray:
+    """Read one image (any supported format) as uint8 (size, size, 3)."""
+    from medvlp.io import read_image
+
+    img = read_image(source, reader=opts.reader, options=opts.reader_options or None)
+    if opts.grayscale:
+        img = img.convert("L").convert("RGB")
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(to_square(img, opts.size, opts.pad_to_square), dtype=np.uint8)
+
+
+class Normalizer(torch.nn.Module):
+    """uint8 (B,3,H,W) -> normalised float, run per batch (after transfer to the device)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, 3, 1, 1) * 255.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) * self.inv_std
+
+
+def augment(img: torch.Tensor, rng: np.random.Generator, hflip: bool) -> torch.Tensor:
+    """Random resized crop (scale 0.7-1, ratio 3/4-4/3) and optional flip of a uint8 CHW tensor."""
+    _, h, w = img.shape
+    area = h * w * rng.uniform(0.7, 1.0)
+    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    cw = min(w, max(8, int(round(math.sqrt(area * ratio)))))
+    ch = min(h, max(8, int(round(math.sqrt(area / ratio)))))
+    top = int(rng.integers(0, h - ch + 1))
+    left = int(rng.integers(0, w - cw + 1))
+    crop = img[:, top:top + ch, left:left + cw]
+    if (ch, cw) != (h, w):
+        crop = F.interpolate(crop.unsqueeze(0).float(), size=(h, w), mode="bilinear", align_corners=False,
+                             antialias=False).round_().clamp_(0, 255).to(torch.uint8).squeeze(0)
+    if hflip and rng.random() < 0.5:
+        crop = crop.flip(-1)
+    return crop
+
+
+def _cache_key(m: Manifest, opts: ImageOptions) -> str:
+    h = hashlib.sha256()
+    h.update(str(m.path).encode())
+    h.update(json.dumps([opts.size, opts.grayscale, opts.pad_to_square, opts.reader, opts.reader_options],
+                        sort_keys=True, default=str).encode())
+    for i in range(len(m)):
+        src = m.image_source(i)
+        fp = src.partition("#")[0]
+        try:
+            st = os.stat(fp)
+            h.update(f"{src}|{st.st_size}|{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(f"{src}|missing".encode())
+    return h.hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MEDVLP_CACHE", Path.home() / ".cache" / "medvlp"))
+
+
+class ImageTextDataset(torch.utils.data.Dataset):
+    """Rows of a manifest as (uint8 image, token ids) pairs.
+
+    Args:
+        manifest: the rows.
+        tokenizer: texts -> LongTensor; None for image-only use (evaluation).
+        opts: image options.
+        seed: base seed of the per-sample generators.
+        train: augment and sample one caption per step (else: no augmentation, first caption).
+        cache: "auto" (cache decoded images when they fit in ``cache_limit_gb``), "ram", "disk", "none".
+        bad_log: called with each bad row dict (row, image, reason) when it is found.
+        max_bad_fraction: more unusable rows than this stops with a DataError.
+        need_captions: rows without a caption are bad (training).
+        progress: show a progress bar while decoding.
+        concept_fn: optional row -> concept annotations, returned as ``concepts`` (objectives use it).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        tokenizer: Callable[[list[str]], torch.Tensor] | None,
+        opts: ImageOptions,
+        *,
+        seed: int = 0,
+        train: bool = True,
+        cache: str = "auto",
+        cache_limit_gb: float = 4.0,
+        bad_log: Callable[[dict[str, Any]], None] | None = None,
+        max_bad_fraction: float = 0.01,
+        need_captions: bool = True,
+        progress: bool = True,
+        concept_fn: Callable[[int, str], Any] | None = None,
+    ) -> None:
+        self.m = manifest
+        self.tokenizer = tokenizer
+        self.opts = opts
+        self.seed = seed
+        self.train = train
+        self.concept_fn = concept_fn
+        self.bad: list[dict[str, Any]] = []
+        self.rows: list[int] = []
+        for i in range(len(manifest)):
+            reason = check_row(manifest, i, need_caption=need_captions and tokenizer is not None, read=False)
+            if reason is None:
+                self.rows.append(i)
+            else:
+                self._mark_bad(i, reason, bad_log)
+        nbytes = len(self.rows) * opts.size * opts.size * 3
+        mode = cache
+        if cache == "auto":
+            mode = "ram" if nbytes <= cache_limit_gb * 2**30 else "none"
+        self.cache_mode = mode
+        self.images: np.ndarray | None = None
+        if mode in ("ram", "disk"):
+            self._fill_cache(mode, bad_log, progress)
+        n_total = len(manifest)
+        frac = len(self.bad) / max(n_total, 1)
+        if frac > max_bad_fraction:
+            reasons = "; ".join(f"row {b['row']}: {b['reason']}" for b in self.bad[:3])
+            raise DataError(
+                f"{len(self.bad)} of {n_total} rows of {manifest.path} are unusable ({frac:.1%} > "
+                f"--max-bad-fraction {max_bad_fraction:.1%}), e.g. {reasons}; run 'medvlp data validate "
+                f"{manifest.path}' for the full list"
+            )
+        if not self.rows:
+            raise DataError(f"{manifest.path}: no usable rows")
+        self._token_cache: dict[str, torch.Tensor] = {}
+        if tokenizer is not None:
+            self._pretokenize()
+
+    # ------------------------------------------------------------------------------------------
+    def _mark_bad(self, i: int, reason: str, bad_log: Callable | None) -> None:
+        rec = {"row": i, "image": str(self.m.df["image"].iloc[i]), "reason": reason}
+        self.bad.append(rec)
+        if bad_log is not None:
+            bad_log(rec)
+
+    def _fill_cache(self, mode: str, bad_log: Callable | None, progress: bool) -> None:
+        s = self.opts.size
+        path = None
+        if mode == "disk":
+            d = default_cache_dir() / "images"
+            d.mkdir(parents=True, exist_ok=True)
+            path = d / f"{_cache_key(self.m, self.opts)}.npy"
+            ok_path = path.with_suffix(".rows.json")
+            if path.is_file() and ok_path.is_file():
+                self.rows = json.loads(ok_path.read_text())
+                self.images = np.load(path, mmap_mode="r")
+                return
+        arr = np.zeros((len(self.rows), s, s, 3), dtype=np.uint8)
+        kept: list[int] = []
+        it: Any = self.rows
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(self.rows, desc="decoding images", unit="img", leave=False, mininterval=1.0)
+        for i in it:
+            try:
+                arr[len(kept)] = load_as_array(self.m.image_source(i), self.opts)
+                kept.append(i)
+            except Exception as e:  # any decode failure makes the row bad, never the run
+                self._mark_bad(i, f"unreadable image: {getattr(e, 'reason', None) or e}", bad_log)
+        self.rows = kept
+        self.images = arr[: len(kept)]
+        if path is not None:
+            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+            np.save(tmp, self.images)
+            os.replace(tmp, path)
+            path.with_suffix(".rows.json").write_text(json.dumps(kept))
+
+    def _pretokenize(self) -> None:
+        texts = sorted({c for i in self.rows for c in self.m.captions(i)})
+        if texts:
+            toks = self.tokenizer(texts)  # type: ignore[misc]
+            self._token_cache = {t: toks[k] for k, t in enumerate(texts)}
+
+    def tokens(self, text: str) -> torch.Tensor:
+        tok = self._token_cache.get(text)
+        if tok is None:
+            tok = self.tokenizer([text])[0]  # type: ignore[misc]
+            self._token_cache[text] = tok
+        return tok
+
+    # ------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def row_of(self, k: int) -> int:
+        """Manifest row of dataset item ``k``."""
+        return self.rows[k]
+
+    def image(self, k: int) -> torch.Tensor:
+        """uint8 (3, S, S) image of item ``k`` (no augmentation)."""
+        if self.images is not None:
+            return torch.from_numpy(np.ascontiguousarray(self.images[k])).permute(2, 0, 1)
+        return torch.from_numpy(load_as_array(self.m.image_source(self.rows[k]), self.opts)).permute(2, 0, 1)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        k, epoch = key if isinstance(key, tuple) else (key, 0)
+        img = self.image(k)
+        row = self.rows[k]
+        item: dict[str, Any] = {"index": k}
+        if self.train:
+            rng = np.random.default_rng([self.seed, epoch, k])
+            if self.opts.augment:
+                img = augment(img, rng, self.opts.hflip)
+            caps = self.m.captions(row)
+            caption = caps[int(rng.integers(len(caps)))] if caps else ""
+        else:
+            caps = self.m.captions(row)
+            caption = caps[0] if caps else ""
+        item["image"] = img
+        if self.tokenizer is not None:
+            item["text"] = self.tokens(caption)
+            item["caption"] = caption
+        if self.concept_fn is not None:
+            item["concepts"] = self.concept_fn(row, caption)
+        return item
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors; keep strings and concept lists as lists."""
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        vals = [it[key] for it in items]
+        if isinstance(vals[0], torch.Tensor):
+            out[key] = torch.stack(vals)
+        elif isinstance(vals[0], int):
+            out[key] = torch.tensor(vals)
+        else:
+            out[key] = vals
+    return out
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Yields, per optimisation step, this rank's share of the global batch as (index, epoch) pairs.
+
+    Epoch ``e`` visits a permutation seeded by ``seed + e``; batches are cut from it with the last
+    partial batch dropped. Starting at ``start_step`` reproduces exactly the rest of an uninterrupted
+    run, which is what makes ``--resume`` bit-exact.
+    """
+
+    def __init__(self, n: int, global_batch: int, *, seed: int, total_steps: int, start_step: int = 0,
+                 rank: int = 0, world: int = 1) -> None:
+        if global_batch % world:
+            raise DataError(f"batch size {global_batch} is not divisible by the {world} processes")
+        if n < global_batch:
+            raise DataError(f"{n} usable samples is fewer than one batch of {global_batch}; lower --batch-size")
+        self.n, self.gb, self.seed = n, global_batch, seed
+        self.total, self.start, self.rank, self.world = total_steps, start_step, rank, world
+        self.steps_per_epoch = n // global_batch
+        self._perm_epoch = -1
+        self._perm: list[int] = []
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._perm = torch.randperm(self.n, generator=g).tolist()
+            self._perm_epoch = epoch
+        return self._perm
+
+    def batch_for_step(self, step: int) -> list[tuple[int, int]]:
+        epoch, b = divmod(step, self.steps_per_epoch)
+        perm = self._permutation(epoch)
+        per_rank = self.gb // self.world
+        lo = b * self.gb + self.rank * per_rank
+        return [(i, epoch) for i in perm[lo:lo + per_rank]]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.total):
+            yield self.batch_for_step(step)
+
+
+def options_for(spec: Any, card: Any, *, train: bool = True) -> ImageOptions:
+    """Image options for a model spec and a domain card (the same at training and inference)."""
+    pre = spec.preprocess_cfg
+    return ImageOptions(
+        size=spec.image_size, grayscale=card.image.grayscale, pad_to_square=card.image.pad_to_square,
+        mean=tuple(pre.get("mean", card.image.mean)), std=tuple(pre.get("std", card.image.std)),
+        reader=card.image.reader, reader_options=card.image.reader_options(),
+        augment=train,
+        hflip=not card.image.grayscale,  # chest films: laterality matters, never mirror
+    )

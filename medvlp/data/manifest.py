@@ -1,0 +1,217 @@
+"""Manifests: the table a user hands to ``pretrain`` and ``eval`` (CSV, JSONL or Parquet).
+
+Columns (DESIGN.md): ``image`` (required), ``caption`` (text or JSON list), ``label`` (name or JSON
+list), ``concepts`` (JSON list of ids or spans), ``group``, ``patient``, ``split``; unknown columns are
+kept as metadata.
+
+Example:
+    >>> import pandas as pd, tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> pd.DataFrame({"image": ["a.png"], "caption": ['["x", "y"]']}).to_csv(d / "m.csv", index=False)
+    >>> m = read_manifest(d / "m.csv")
+    >>> m.captions(0)
+    ['x', 'y']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medvlp.errors import DataError
+
+KNOWN_COLUMNS = ("image", "caption", "label", "concepts", "group", "patient", "split")
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def parse_list_cell(value: Any) -> list[Any]:
+    """A cell that holds one item or a JSON list of items -> list (empty for a missing cell)."""
+    if _is_missing(value):
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if hasattr(value, "tolist"):  # numpy arrays from Parquet
+        return list(value.tolist())
+    s = str(value).strip()
+    if not s:
+        return []
+    if s.startswith("["):
+        try:
+            parsed = json.loads(s)
+        except json.JSONDecodeError:
+            return [s]
+        return parsed if isinstance(parsed, list) else [parsed]
+    return [s]
+
+
+@dataclass
+class Manifest:
+    """A loaded manifest: the table plus the folder relative image paths are resolved against."""
+
+    df: pd.DataFrame
+    root: Path
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.df.columns)
+
+    def image_source(self, i: int) -> str:
+        """The image path of row ``i``, resolved against the manifest's folder (tile refs kept)."""
+        raw = str(self.df["image"].iloc[i])
+        path_part, sep, tile = raw.partition("#")
+        p = Path(path_part).expanduser()
+        if not p.is_absolute():
+            p = self.root / p
+        return f"{p}{sep}{tile}"
+
+    def captions(self, i: int) -> list[str]:
+        if "caption" not in self.df.columns:
+            return []
+        return [str(c).strip() for c in parse_list_cell(self.df["caption"].iloc[i]) if str(c).strip()]
+
+    def labels(self, i: int) -> list[str]:
+        if "label" not in self.df.columns:
+            return []
+        return [str(v) for v in parse_list_cell(self.df["label"].iloc[i])]
+
+    def concepts(self, i: int) -> list[Any] | None:
+        """The row's concepts (ids or spans), or None when the column is absent or the cell empty."""
+        if "concepts" not in self.df.columns or _is_missing(self.df["concepts"].iloc[i]):
+            return None
+        return parse_list_cell(self.df["concepts"].iloc[i])
+
+    def column(self, name: str) -> list[Any] | None:
+        if name not in self.df.columns:
+            return None
+        return [None if _is_missing(v) else v for v in self.df[name].tolist()]
+
+    def split(self, name: str) -> Manifest:
+        """Rows whose ``split`` column equals ``name``."""
+        if "split" not in self.df.columns:
+            raise DataError(f"{self.path}: no 'split' column to select '{name}' from")
+        df = self.df[self.df["split"].astype(str) == name].reset_index(drop=True)
+        return Manifest(df, self.root, self.path)
+
+    def subset(self, rows: list[int]) -> Manifest:
+        return Manifest(self.df.iloc[rows].reset_index(drop=True), self.root, self.path)
+
+    def label_names(self) -> list[str]:
+        """Distinct labels in order of first appearance."""
+        seen: dict[str, None] = {}
+        for i in range(len(self)):
+            for lab in self.labels(i):
+                seen.setdefault(lab, None)
+        return list(seen)
+
+    def is_multilabel(self) -> bool:
+        if "label" not in self.df.columns:
+            return False
+        return any(str(v).strip().startswith("[") for v in self.df["label"].dropna().tolist())
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read a CSV, JSONL or Parquet manifest.
+
+    Raises:
+        DataError: the file is missing, cannot be parsed, is empty, or has no ``image`` column.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"manifest {p} does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".ndjson"):
+            df = pd.read_json(p, lines=True, dtype=False)
+        elif suffix == ".json":
+            df = pd.read_json(p, dtype=False)
+        elif suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(p)
+        elif suffix in (".csv", ".tsv", ".txt"):
+            df = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
+                             na_values=[""])
+        else:
+            raise DataError(f"manifest {p}: unsupported format '{suffix}' (use .csv, .tsv, .jsonl or .parquet)")
+    except DataError:
+        raise
+    except Exception as e:  # pandas raises many types for malformed files
+        raise DataError(f"manifest {p} could not be parsed: {type(e).__name__}: {e}") from e
+    if "image" not in df.columns:
+        raise DataError(
+            f"manifest {p} has no 'image' column (columns: {', '.join(map(str, df.columns))}); "
+            "the image column holds a path per row, relative to the manifest's folder"
+        )
+    if len(df) == 0:
+        raise DataError(f"manifest {p} has no rows")
+    return Manifest(df.reset_index(drop=True), p.resolve().parent, p.resolve())
+
+
+@dataclass
+class BadRow:
+    row: int  # 0-based data row (the CSV line is row + 2)
+    image: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"row": self.row, "image": self.image, "reason": self.reason}
+
+
+def check_row(m: Manifest, i: int, *, need_caption: bool = True, read: bool = True,
+              reader_options: dict | None = None) -> str | None:
+    """Return why row ``i`` cannot be used, or None when it can."""
+    raw = m.df["image"].iloc[i]
+    if _is_missing(raw) or not str(raw).strip():
+        return "empty image path"
+    src = m.image_source(i)
+    file_part = src.partition("#")[0]
+    if not Path(file_part).exists():
+        return f"image file not found: {file_part}"
+    if need_caption and "caption" in m.df.columns and not m.captions(i):
+        return "empty caption"
+    if read:
+        from medvlp.io import read_image
+
+        try:
+            read_image(src, options=reader_options)
+        except Exception as e:  # the reader wraps its failures in ImageReadError; report any as bad
+            reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+            return f"unreadable image: {reason}"
+    return None
+
+
+def validate_manifest(path: str | Path, *, read_images: bool = True, reader_options: dict | None = None,
+                      progress: bool = False) -> tuple[Manifest, list[BadRow]]:
+    """Check every row: file present, image decodable, caption non-empty, JSON cells parseable."""
+    m = read_manifest(path)
+    bad: list[BadRow] = []
+    rows = range(len(m))
+    if progress:
+        from tqdm.auto import tqdm
+
+        rows = tqdm(rows, desc="validating", unit="row")
+    for i in rows:
+        reason = check_row(m, i, read=read_images, reader_options=reader_options)
+        if reason is None:
+            for col in ("caption", "label", "concepts"):
+                if col in m.df.columns:
+                    cell = m.df[col].iloc[i]
+                    if isinstance(cell, str) and cell.strip().startswith("["):
+                        try:
+                            json.loads(cell)
+                        except json.JSONDecodeError as e:
+                            reason = f"column '{col}' is not valid JSON ({e.msg} at char {e.pos})"
+                            break
+        if reason is not None:
+            bad.append(BadRow(i, str(m.df["image"].iloc[i]), reason))
+    return m, bad
