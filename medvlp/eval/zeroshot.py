@@ -1,0 +1,229 @@
+"""Zero-shot classification: labels -> prompt ensembles -> class embeddings -> calibrated probabilities.
+
+A label becomes the set of its names (card synonyms, optionally ontology synonyms) times the card's
+templates; the class embedding is the renormalised mean of the unit prompt embeddings. Single-label
+probabilities are ``softmax(t * cos / T)`` with the model's learned scale ``t`` (and a fitted
+temperature ``T`` when calibrated); multi-label findings use positive/negative prompt pairs,
+``p = e^pos / (e^pos + e^neg)`` (CheXzero).
+
+Example:
+    >>> import medvlp                                                      # doctest: +SKIP
+    >>> model = medvlp.load("runs/pathology-demo")                         # doctest: +SKIP
+    >>> clf = ZeroShotClassifier(model, ["adipose tissue", "mucus"], card="pathology")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from medvlp.domains import DomainCard, load_card
+from medvlp.errors import ConfigError, DataError
+
+DEFAULT_TEMPLATES = ("a photo of {}.", "an image of {}.", "{}.")
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    """Validate a label list: non-empty, no duplicates (case-insensitive), no blanks."""
+    labels = [str(lab).strip() for lab in labels]
+    if not labels:
+        raise ConfigError("the label list is empty; give at least two labels (e.g. --labels 'normal,pneumonia')")
+    if any(not lab for lab in labels):
+        raise ConfigError(f"the label list {labels} has an empty label")
+    seen: dict[str, str] = {}
+    for lab in labels:
+        key = lab.lower()
+        if key in seen:
+            raise ConfigError(f"duplicate label '{lab}' (same as '{seen[key]}'); each label once")
+        seen[key] = lab
+    return labels
+
+
+def build_prompts(
+    labels: Sequence[str],
+    card: DomainCard | None = None,
+    *,
+    templates: Sequence[str] | None = None,
+    graph: Any = None,
+    max_ontology_synonyms: int = 3,
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Prompt sets per label and the labels that had no concept (their raw text is used).
+
+    Names come from the card's label (name + synonyms), then up to ``max_ontology_synonyms`` synonyms
+    of its concept in ``graph``; every name is put in every template.
+    """
+    templates = list(templates or (card.prompts.templates if card else DEFAULT_TEMPLATES))
+    prompts: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for label in labels:
+        names = [label]
+        lab = card.find_label(label) if card else None
+        if lab is not None:
+            names += list(lab.names)
+            if graph is not None and lab.concept in graph:
+                names += list(graph[lab.concept].synonyms)[:max_ontology_synonyms]
+        else:
+            unknown.append(label)
+        names = list(dict.fromkeys(n for n in names if n))
+        prompts[label] = list(dict.fromkeys(t.format(n) for n in names for t in templates))
+    return prompts, unknown
+
+
+@torch.no_grad()
+def embed_texts(model: Any, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Unit text embeddings (N, D) in float32 on the CPU."""
+    dev = next(model.parameters()).device
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tok = model.tokenize(list(texts[i:i + batch_size])).to(dev)
+        out.append(model.encode_text(tok, normalize=True).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
+
+
+def _class_embeddings(model: Any, prompt_sets: list[list[str]]) -> torch.Tensor:
+    """Mean of unit prompt embeddings per class, renormalised; cached on the model per prompt set."""
+    cache: dict[str, torch.Tensor] = model.__dict__.setdefault("_medvlp_text_cache", {})
+    key = hashlib.sha256(repr(prompt_sets).encode()).hexdigest()
+    if key not in cache:
+        flat = [p for ps in prompt_sets for p in ps]
+        emb = embed_texts(model, flat)
+        rows, k = [], 0
+        for ps in prompt_sets:
+            rows.append(torch.nn.functional.normalize(emb[k:k + len(ps)].mean(0), dim=-1))
+            k += len(ps)
+        cache[key] = torch.stack(rows)
+    return cache[key]
+
+
+class ZeroShotClassifier:
+    """Zero-shot classifier over a label list.
+
+    Args:
+        model: a :class:`medvlp.models.MedVLP`.
+        labels: class names; card labels get their synonyms, unknown ones are used as raw text.
+        card: domain card (name or object) giving templates, synonyms and positive/negative pairs.
+        multilabel: score each label independently with positive/negative prompt pairs.
+        graph: optional concept graph adding ontology synonyms to each prompt set.
+        temperature: divide logits by this (from calibration); 1.0 = uncalibrated.
+    """
+
+    def __init__(self, model: Any, labels: Sequence[str], *, card: DomainCard | str | None = None,
+                 multilabel: bool = False, graph: Any = None, templates: Sequence[str] | None = None,
+                 temperature: float = 1.0) -> None:
+        self.model = model
+        self.labels = check_labels(labels)
+        if len(self.labels) < 2 and not multilabel:
+            raise ConfigError(
+                f"zero-shot classification needs at least two labels, got {self.labels}; for one finding use "
+                "multi-label scoring (positive/negative prompts)"
+            )
+        self.card = load_card(card) if isinstance(card, str) else card
+        self.multilabel = multilabel
+        self.temperature = float(temperature)
+        self.prompts, self.unknown_labels = build_prompts(self.labels, self.card, templates=templates, graph=graph)
+        if self.unknown_labels:
+            warnings.warn(
+                f"labels without a concept in the domain card, used as raw text: {self.unknown_labels}",
+                stacklevel=2,
+            )
+        self.weights = _class_embeddings(model, [self.prompts[lab] for lab in self.labels])
+        if multilabel:
+            pairs = self.card.prompts.pairs if self.card else (("{}", "no {}"),)
+            pos, neg = [], []
+            for lab in self.labels:
+                names = self.card.find_label(lab).names if (self.card and self.card.find_label(lab)) else [lab]
+                pos.append([p.format(n) for n in names for p, _ in pairs])
+                neg.append([q.format(n) for n in names for _, q in pairs])
+            self.pos_weights = _class_embeddings(model, pos)
+            self.neg_weights = _class_embeddings(model, neg)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.clip.logit_scale.exp())
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """``t * cos`` between unit image features (N, D) and the class embeddings -> (N, C)."""
+        return self.logit_scale * image_features.float().cpu() @ self.weights.T
+
+    def predict_proba(self, image_features: torch.Tensor) -> np.ndarray:
+        feats = image_features.float().cpu()
+        if self.multilabel:
+            s = self.logit_scale
+            pos = s * feats @ self.pos_weights.T
+            neg = s * feats @ self.neg_weights.T
+            return torch.sigmoid((pos - neg) / self.temperature).numpy()
+        return torch.softmax(self.logits(feats) / self.temperature, dim=-1).numpy()
+
+
+@torch.no_grad()
+def embed_dataset(model: Any, ds: Any, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """Unit image embeddings of every item of an :class:`ImageTextDataset` (N, D), float32 CPU."""
+    from medvlp.data.dataset import Normalizer, collate
+
+    dev = next(model.parameters()).device
+    norm = Normalizer(ds.opts.mean, ds.opts.std).to(dev)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    it: Any = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(loader, desc="embedding images", unit="batch", leave=False)
+    feats = [model.encode_image(norm(b["image"].to(dev)), normalize=True).float().cpu() for b in it]
+    return torch.cat(feats)
+
+
+def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labels: Sequence[str] | None = None,
+                      batch_size: int = 256, n_boot: int = 1000, seed: int = 0, progress: bool = False,
+                      bad_log: Any = None) -> dict[str, Any]:
+    """Zero-shot metrics (DESIGN.md metrics JSON) of ``model`` on a labelled manifest.
+
+    Without ``labels`` the manifest's distinct labels form the label set. Rows whose labels are not in
+    the label set are left out and counted (``n_excluded``); unreadable images are skipped and counted.
+    """
+    from medvlp.data.dataset import ImageTextDataset, options_for
+    from medvlp.eval.metrics import classification_report
+
+    card = load_card(card) if isinstance(card, str) else card
+    multilabel = manifest.is_multilabel()
+    labels = check_labels(labels if labels is not None else manifest.label_names())
+    index = {lab.lower(): k for k, lab in enumerate(labels)}
+    ds = ImageTextDataset(manifest, None, options_for(model.spec, card, train=False), train=False,
+                          need_captions=False, progress=progress, max_bad_fraction=1.0, bad_log=bad_log)
+    if len(ds.bad) == len(manifest):
+        raise DataError(f"{manifest.path}: no readable image")
+    feats = embed_dataset(model, ds, batch_size=batch_size, progress=progress)
+    clf = ZeroShotClassifier(model, labels, card=card, multilabel=multilabel)
+    probs = clf.predict_proba(feats)
+    keep, y = [], []
+    for k in range(len(ds)):
+        row_labels = manifest.labels(ds.row_of(k))
+        if multilabel:
+            vec = np.zeros(len(labels), dtype=int)
+            for lab in row_labels:
+                if lab.lower() in index:
+                    vec[index[lab.lower()]] = 1
+            keep.append(k)
+            y.append(vec)
+        elif len(row_labels) == 1 and row_labels[0].lower() in index:
+            keep.append(k)
+            y.append(index[row_labels[0].lower()])
+    if not keep:
+        raise DataError(f"{manifest.path}: no row has a label in the label set {labels}")
+    groups = None
+    for col in ("patient", "slide"):
+        vals = manifest.column(col)
+        if vals is not None and all(v is not None for v in vals):
+            groups = np.asarray([vals[ds.row_of(k)] for k in keep])
+            break
+    report = classification_report(np.asarray(y), probs[keep], labels, groups=groups, n_boot=n_boot, seed=seed,
+                                   multilabel=multilabel)
+    report["n_excluded"] = len(ds) - len(keep)
+    report["n_unreadable"] = len(ds.bad)
+    report["prompts_per_label"] = {lab: len(clf.prompts[lab]) for lab in labels}
+    report["unknown_labels"] = clf.unknown_labels
+    return report
