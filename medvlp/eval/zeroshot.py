@@ -144,7 +144,7 @@ class ZeroShotClassifier:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.clip.logit_scale.exp())
+        return float(self.model.clip.logit_scale.detach().exp())
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """``t * cos`` between unit image features (N, D) and the class embeddings -> (N, C)."""

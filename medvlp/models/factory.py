@@ -175,6 +175,18 @@ class MedVLP(nn.Module):
         return int(self.spec.model_cfg["embed_dim"])
 
     @property
+    def image_size(self) -> int:
+        """Input side length in pixels."""
+        size = self.spec.model_cfg["vision_cfg"]["image_size"]
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    @property
+    def patch_size(self) -> int:
+        """ViT patch side length in pixels (patch tokens form an (image_size/patch_size)^2 grid)."""
+        size = self.spec.model_cfg["vision_cfg"]["patch_size"]
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    @property
     def vision_width(self) -> int:
         return int(self.spec.model_cfg["vision_cfg"]["width"])
 

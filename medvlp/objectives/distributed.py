@@ -22,9 +22,36 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     _, world = world_info()
     if world == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
+    return _GatherWithGrad.apply(x.contiguous())
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0; backward sums the gradient over ranks and returns this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        rank, world = world_info()
+        ctx.rank, ctx.n = rank, x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Average scalar values (e.g. each rank's loss) over ranks; identity for one process."""
+    _, world = world_info()
+    if world == 1 or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return {k: float(v) / world for k, v in zip(keys, t.tolist(), strict=True)}
 
 
 def gather_no_grad(x: torch.Tensor) -> torch.Tensor:

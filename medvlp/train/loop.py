@@ -24,10 +24,12 @@ from torch import nn
 from medvlp.config import CPU_SAMPLE_BUDGET, GPU_DEFAULT_EPOCHS, TrainConfig
 from medvlp.data.dataset import ImageTextDataset, Normalizer, StepSampler, collate, options_for
 from medvlp.data.manifest import Manifest, read_manifest
+from medvlp.data.samplers import GroupBatchSampler, RowFields, fit_group_batch
 from medvlp.domains import DomainCard, load_card
 from medvlp.errors import ConfigError, DataError
 from medvlp.models import MedVLP, create_model
 from medvlp.objectives import INIT, CombinedObjective, build_objective
+from medvlp.objectives.distributed import mean_over_ranks
 from medvlp.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from medvlp.train.distributed import DistInfo, barrier, cleanup, init_distributed
 from medvlp.train.schedule import cosine_lr
@@ -281,11 +283,24 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
         from medvlp.objectives.concept import make_concept_fn
 
         concept_fn = make_concept_fn(train_m, card, model)
+        if "concept" in objective.parts:
+            objective.parts["concept"].bind(model)  # its concept embeddings use the model's text projection
+    # objectives that need per-row data (keep: group ids, caption synthesis; softclip: label vectors)
+    hooks = {name: part.data_hooks(train_m, card, cfg.extra) for name, part in objective.parts.items()
+             if hasattr(part, "data_hooks")}
+    row_fns = [h.row_fields for h in hooks.values()]
+    caption_fns = [h.caption_fn for h in hooks.values() if getattr(h, "caption_fn", None) is not None]
     ds = ImageTextDataset(train_m, model.tokenizer, opts, seed=cfg.seed, train=True, cache=cfg.cache,
                           bad_log=log.bad_sample, max_bad_fraction=cfg.max_bad_fraction,
-                          progress=dinfo.is_main and not quiet, concept_fn=concept_fn)
+                          progress=dinfo.is_main and not quiet, concept_fn=concept_fn,
+                          row_fields=RowFields(row_fns) if row_fns else None,
+                          caption_fn=caption_fns[0] if caption_fns else None)
+    keep_data = hooks.get("keep")
+    group_ids = [keep_data.group_of_row[ds.row_of(k)] for k in range(len(ds))] if keep_data else None
     batch = cfg.batch_size or default_batch_size(dev)
     batch = min(batch, len(ds) - len(ds) % dinfo.world) if cfg.batch_size is None else batch
+    if keep_data is not None and cfg.batch_size is None:
+        batch = fit_group_batch(batch, keep_data.n_per_group, len(set(group_ids)), dinfo.world)
     steps, steps_why = resolve_steps(cfg, len(ds), batch, dev, card.demo)
     lr = cfg.lr or default_lr(model, batch)
     warmup = int(cfg.warmup if cfg.warmup >= 1 else round(cfg.warmup * steps))
@@ -335,10 +350,18 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
     train_model: nn.Module = model
     if dinfo.distributed:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False)
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    sampler = StepSampler(len(ds), batch, seed=cfg.seed, total_steps=steps, start_step=start,
-                          rank=dinfo.rank, world=dinfo.world)
+    if keep_data is not None:
+        n_per = keep_data.n_per_group
+        if batch % n_per:
+            raise ConfigError(f"objective keep: batch size {batch} is not a multiple of keep n_per_group {n_per}")
+        sampler: Any = GroupBatchSampler(group_ids, batch // n_per, n_per, seed=cfg.seed, total_steps=steps,
+                                         start_step=start, rank=dinfo.rank, world=dinfo.world)
+        log.info(f"  keep: {batch // n_per} groups x {n_per} per batch; {keep_data.info}")
+    else:
+        sampler = StepSampler(len(ds), batch, seed=cfg.seed, total_steps=steps, start_step=start,
+                              rank=dinfo.rank, world=dinfo.world)
     workers = cfg.workers if cfg.workers is not None else (0 if ds.images is not None else min(8, _cpus()))
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                                          pin_memory=dev.type == "cuda", persistent_workers=workers > 0)
@@ -381,6 +404,8 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
         n_interval += 1
         last_losses = losses
         if step % cfg.log_every == 0 or step == steps:
+            # each rank's loss covers its own rows; their mean is the global-batch loss
+            losses = last_losses = mean_over_ranks(losses)
             elapsed = data_time + batch_time
             rec = {"step": step, "epoch": round(step * batch / len(ds), 3), **{k: round(v, 6) for k, v in losses.items()},
                    "lr": lr_now, "logit_scale": round(model.clip.logit_scale.detach().exp().item(), 4),
