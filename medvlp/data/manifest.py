@@ -68,9 +68,19 @@ class Manifest:
         return list(self.df.columns)
 
     def image_source(self, i: int) -> str:
-        """The image path of row ``i``, resolved against the manifest's folder (tile refs kept)."""
-        raw = str(self.df["image"].iloc[i])
-        path_part, sep, tile = raw.partition("#")
+        """The image source of row ``i`` with paths resolved against the manifest's folder.
+
+        Tile references (``SLIDE#x,y,level,size``) keep their suffix; multichannel rows (one file
+        per channel joined by ``;``) have every part resolved.
+        """
+        return ";".join(self._resolve(part) for part in str(self.df["image"].iloc[i]).split(";"))
+
+    def image_files(self, i: int) -> list[Path]:
+        """The files row ``i`` reads (one, or one per channel)."""
+        return [Path(part.partition("#")[0]) for part in self.image_source(i).split(";")]
+
+    def _resolve(self, part: str) -> str:
+        path_part, sep, tile = part.strip().partition("#")
         p = Path(path_part).expanduser()
         if not p.is_absolute():
             p = self.root / p
@@ -174,9 +184,9 @@ def check_row(m: Manifest, i: int, *, need_caption: bool = True, read: bool = Tr
     if _is_missing(raw) or not str(raw).strip():
         return "empty image path"
     src = m.image_source(i)
-    file_part = src.partition("#")[0]
-    if not Path(file_part).exists():
-        return f"image file not found: {file_part}"
+    for file_part in m.image_files(i):
+        if not file_part.exists():
+            return f"image file not found: {file_part}"
     if need_caption and "caption" in m.df.columns and not m.captions(i):
         return "empty caption"
     if read:

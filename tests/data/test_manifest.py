@@ -72,3 +72,16 @@ def test_validate_reports_every_bad_row(tmp_path: Path) -> None:
     assert set(rows) == {1, 2, 3}
     assert "missing.png" in rows[1] or "not found" in rows[1].lower()
     assert "caption" in rows[3].lower()
+
+
+def test_multichannel_rows_resolve_every_file(tmp_path: Path) -> None:
+    for c in range(3):
+        _png(tmp_path / "f" / f"c{c}.png", 40 * c)
+    path = tmp_path / "m.csv"
+    pd.DataFrame({"image": ["f/c0.png;f/c1.png;f/c2.png", "f/c0.png;f/nope.png"],
+                  "caption": ["x", "y"]}).to_csv(path, index=False)
+    m = read_manifest(path)
+    assert m.image_files(0) == [tmp_path / "f" / f"c{c}.png" for c in range(3)]
+    assert m.image_source(0).count(str(tmp_path)) == 3
+    _, bad = validate_manifest(path, read_images=False)
+    assert [(b.row, "nope.png" in b.reason) for b in bad] == [(1, True)]
