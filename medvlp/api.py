@@ -81,7 +81,7 @@ class Model:
             img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
             img = img.convert("L").convert("RGB") if self.opts.grayscale else img.convert("RGB")
             arr = np.asarray(to_square(img, self.opts.size, self.opts.pad_to_square), dtype=np.uint8)
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1)  # a writable copy
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[Any] | Any, batch_size: int = 128) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from medvlp.cli import eval_extra
 from medvlp.errors import MedvlpError
 
 app = typer.Typer(no_args_is_help=True)
@@ -88,3 +89,7 @@ def zeroshot(
     if failed:
         typer.echo(f"medvlp: {failed} of {len(images)} images could not be read", err=True)
         sys.exit(1)
+
+
+# retrieval and linear-probe live beside the zero-shot commands
+eval_extra.register(app)

@@ -459,10 +459,14 @@ def _save(out: Path, model: MedVLP, opt: torch.optim.Optimizer, scaler: Any, ste
     barrier()
 
 
+def _num(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
 def format_metrics(metrics: dict[str, Any], title: str = "metrics") -> str:
     """Human-readable table of a metrics JSON (value and 95% CI)."""
     lines = [title]
     for k, v in metrics.items():
         if isinstance(v, dict) and "value" in v:
-            lines.append(f"  {k:<28} {v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
+            lines.append(f"  {k:<28} {_num(v['value'])}  [{_num(v.get('ci_low'))}, {_num(v.get('ci_high'))}]")
     return "\n".join(lines)
