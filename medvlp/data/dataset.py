@@ -136,6 +136,8 @@ class ImageTextDataset(torch.utils.data.Dataset):
         need_captions: rows without a caption are bad (training).
         progress: show a progress bar while decoding.
         concept_fn: optional row -> concept annotations, returned as ``concepts`` (objectives use it).
+        row_fields: optional manifest row -> extra item fields (e.g. ``group`` ids, label vectors).
+        caption_fn: optional ``(row, caption, rng) -> caption`` applied in training (KEEP caption synthesis).
     """
 
     def __init__(
@@ -153,6 +155,8 @@ class ImageTextDataset(torch.utils.data.Dataset):
         need_captions: bool = True,
         progress: bool = True,
         concept_fn: Callable[[int, str], Any] | None = None,
+        row_fields: Callable[[int], dict[str, Any]] | None = None,
+        caption_fn: Callable[[int, str, np.random.Generator], str] | None = None,
     ) -> None:
         self.m = manifest
         self.tokenizer = tokenizer
@@ -160,6 +164,8 @@ class ImageTextDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.train = train
         self.concept_fn = concept_fn
+        self.row_fields = row_fields
+        self.caption_fn = caption_fn
         self.bad: list[dict[str, Any]] = []
         self.rows: list[int] = []
         for i in range(len(manifest)):
@@ -269,6 +275,8 @@ class ImageTextDataset(torch.utils.data.Dataset):
                 img = augment(img, rng, self.opts.hflip)
             caps = self.m.captions(row)
             caption = caps[int(rng.integers(len(caps)))] if caps else ""
+            if self.caption_fn is not None:
+                caption = self.caption_fn(row, caption, rng)
         else:
             caps = self.m.captions(row)
             caption = caps[0] if caps else ""
@@ -278,6 +286,8 @@ class ImageTextDataset(torch.utils.data.Dataset):
             item["caption"] = caption
         if self.concept_fn is not None:
             item["concepts"] = self.concept_fn(row, caption)
+        if self.row_fields is not None:
+            item.update(self.row_fields(row))
         return item
 
 

@@ -37,7 +37,7 @@ def available() -> list[str]:
 
 def _load_optional() -> None:
     # Objectives that live in their own modules register themselves on import.
-    for mod in ("medvlp.objectives.concept", "medvlp.objectives.keep"):
+    for mod in ("medvlp.objectives.concept", "medvlp.objectives.keep", "medvlp.objectives.soft"):
         try:
             __import__(mod)
         except ImportError:

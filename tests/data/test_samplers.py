@@ -35,6 +35,17 @@ def _sampler(**kw) -> GroupBatchSampler:
     return GroupBatchSampler(GIDS, args.pop("groups_per_batch"), args.pop("n_per_group"), **args)
 
 
+@pytest.fixture(scope="module")
+def tiles_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pathology demo corpus as PNG tiles (6 classes x 16 images, 64 px); group = primary concept."""
+    from medvlp.data.synthetic import demo_manifest
+
+    out = tmp_path_factory.mktemp("keep-demo")
+    return demo_manifest(
+        "pathology", n_per_class=16, size=64, seed=0, out_dir=out / "corpus", progress=False, variant="tiles"
+    )
+
+
 def test_batches_are_g_groups_of_n() -> None:
     s = _sampler()
     assert s.steps_per_round == 2  # 5 groups // 2 per batch
@@ -106,8 +117,10 @@ def test_ranks_shard_the_global_batch() -> None:
     world = 3
     for step in (0, 5, 11):
         ref = _sampler(groups_per_batch=3, n_per_group=2).global_batch(step)
-        parts = [_sampler(groups_per_batch=3, n_per_group=2, rank=r, world=world).batch_for_step(step)
-                 for r in range(world)]
+        parts = [
+            _sampler(groups_per_batch=3, n_per_group=2, rank=r, world=world).batch_for_step(step)
+            for r in range(world)
+        ]
         assert all(len(p) == 2 for p in parts)
         assert [i for p in parts for i, _ in p] == ref[0]
         assert [v for p in parts for _, v in p] == ref[1]
@@ -131,15 +144,31 @@ def test_fit_group_batch() -> None:
 
 
 def test_group_keys_sources() -> None:
-    graph = ConceptGraph([Concept("t:fat", "adipose tissue", ["fat"]), Concept("t:mucus", "mucus", ["mucin"])])
-    df = pd.DataFrame({
-        "image": [f"{i}.png" for i in range(7)],
-        "caption": ["x", "x", "pools of mucin", "x", "no mucus here", "y", "z"],
-        "label": ["", "", "", "fat", "", "cat", ""],
-        "concepts": [None, json.dumps([{"id": "t:mucus", "start": 0, "end": 5, "negated": True},
-                                       {"id": "t:fat", "start": 6, "end": 9}]), None, None, None, None, None],
-        "group": ["g1", None, None, None, None, None, "g1"],
-    })
+    graph = ConceptGraph(
+        [Concept("t:fat", "adipose tissue", ["fat"]), Concept("t:mucus", "mucus", ["mucin"])]
+    )
+    df = pd.DataFrame(
+        {
+            "image": [f"{i}.png" for i in range(7)],
+            "caption": ["x", "x", "pools of mucin", "x", "no mucus here", "y", "z"],
+            "label": ["", "", "", "fat", "", "cat", ""],
+            "concepts": [
+                None,
+                json.dumps(
+                    [
+                        {"id": "t:mucus", "start": 0, "end": 5, "negated": True},
+                        {"id": "t:fat", "start": 6, "end": 9},
+                    ]
+                ),
+                None,
+                None,
+                None,
+                None,
+                None,
+            ],
+            "group": ["g1", None, None, None, None, None, "g1"],
+        }
+    )
     m = Manifest(df, Path("."))
     keys = group_keys(m, graph=graph)
     # group column; first non-negated concept; matcher on the caption; label resolved to its concept;
@@ -157,21 +186,30 @@ def test_row_fields_helpers() -> None:
     assert f(1) == {"group": 6, "soft_labels": "b"}
 
 
-def test_dataset_hooks_through_a_dataloader(small_demo: Path) -> None:
+def test_dataset_hooks_through_a_dataloader(tiles_demo: Path) -> None:
     """keep's hooks in a real dataset + loader: group ids in the batch match the sampler, synthetic
     captions appear at about the configured rate, and everything is reproducible."""
     from medvlp.data.dataset import ImageOptions, ImageTextDataset, collate
     from medvlp.objectives.keep import KeepObjective
 
-    m = read_manifest(small_demo).split("train")
-    data = KeepObjective().data_hooks(m, None, {"keep": {"n_per_group": 4, "caption_p": 0.5,
-                                                         "ontology": "pathology"}})
+    m = read_manifest(tiles_demo).split("train")
+    data = KeepObjective().data_hooks(
+        m, None, {"keep": {"n_per_group": 4, "caption_p": 0.5, "ontology": "pathology"}}
+    )
 
     def tok(texts: list[str]) -> torch.Tensor:
         return torch.tensor([[len(t), 0] for t in texts])
 
-    ds = ImageTextDataset(m, tok, ImageOptions(size=32), seed=0, cache="ram", progress=False,
-                          row_fields=data.row_fields, caption_fn=data.caption_fn)
+    ds = ImageTextDataset(
+        m,
+        tok,
+        ImageOptions(size=32),
+        seed=0,
+        cache="ram",
+        progress=False,
+        row_fields=data.row_fields,
+        caption_fn=data.caption_fn,
+    )
     gids = [data.group_of_row[ds.row_of(k)] for k in range(len(ds))]
     sampler = GroupBatchSampler(gids, 3, 4, seed=0, total_steps=6)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=0)
@@ -183,6 +221,12 @@ def test_dataset_hooks_through_a_dataloader(small_demo: Path) -> None:
         assert batch["image"].shape == (12, 3, 32, 32)
         synthetic += sum(c not in originals for c in batch["caption"])
     assert 0.25 < synthetic / 72 < 0.75
-    again = list(torch.utils.data.DataLoader(ds, batch_sampler=GroupBatchSampler(gids, 3, 4, seed=0, total_steps=6),
-                                             collate_fn=collate, num_workers=0))
+    again = list(
+        torch.utils.data.DataLoader(
+            ds,
+            batch_sampler=GroupBatchSampler(gids, 3, 4, seed=0, total_steps=6),
+            collate_fn=collate,
+            num_workers=0,
+        )
+    )
     assert [b["caption"] for b in again] == [b["caption"] for b in batches]
