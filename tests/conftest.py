@@ -30,8 +30,9 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small pathology demo corpus (6 classes x 24 images, 64 px): trains in seconds."""
+    """A small pathology demo corpus (6 classes x 24 tile images, 64 px): trains in seconds."""
     from medvlp.data.synthetic import demo_manifest
 
     out = tmp_path_factory.mktemp("demo-small")
-    return demo_manifest("pathology", n_per_class=24, size=64, seed=0, out_dir=out / "corpus", progress=False)
+    return demo_manifest("pathology", n_per_class=24, size=64, seed=0, out_dir=out / "corpus", progress=False,
+                         variant="tiles")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -41,15 +40,16 @@ def test_pathology_demo_end_to_end(tmp_path: Path) -> None:
     import medvlp
 
     model = medvlp.load(out)
-    manifest = next(Path(os.environ["MEDVLP_CACHE"]).glob("demo/pathology-*/manifest.csv"))
-    import pandas as pd
+    from medvlp.data.manifest import read_manifest
+    from medvlp.io import read_image
 
-    rows = pd.read_csv(manifest)
+    manifest = read_manifest(next(Path(os.environ["MEDVLP_CACHE"]).glob("demo/pathology-*/manifest.csv")))
+    rows = manifest.df
     test = rows[rows.split == "test"].groupby("label").head(3)
     labels = sorted(rows.label.unique())
     hits = 0
-    for _, row in test.iterrows():
-        image = np.asarray(Image.open(manifest.parent / row.image).convert("RGB"))
+    for i, row in test.iterrows():
+        image = np.asarray(read_image(manifest.image_source(rows.index.get_loc(i))))
         result = model.zero_shot(image, labels=labels)
         assert set(result.probabilities) == set(labels)
         assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
