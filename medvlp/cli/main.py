@@ -33,13 +33,7 @@ _GROUPS = (
     ("medvlp.cli.app_cmd", "app", "Streamlit apps: diagnose, explain."),
 )
 for _module, _name, _help in _GROUPS:
-    try:
-        _group = importlib.import_module(_module)
-    except ModuleNotFoundError as _e:  # DEV-ONLY: tolerate groups not written yet
-        if _e.name != _module:
-            raise
-        continue
-    app.add_typer(_group.app, name=_name, help=_help)
+    app.add_typer(importlib.import_module(_module).app, name=_name, help=_help)
 
 
 def main(argv: list[str] | None = None) -> None:
