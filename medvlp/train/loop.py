@@ -71,6 +71,23 @@ class RunLogger:
 # ------------------------------------------------------------------------------------------------
 def resolve_data(cfg: TrainConfig, card: DomainCard, dinfo: DistInfo) -> tuple[Manifest, Manifest | None, str]:
     """Training rows, held-out rows (or None) and a one-line description."""
+    from medvlp.data.stream import is_shard_pattern
+
+    if is_shard_pattern(cfg.data):
+        # -- streamed WebDataset shards (medvlp.data.stream): no rows up front. An empty manifest stands
+        # in for the training rows (the concept objective then finds concepts in each caption).
+        parts = build_objective(cfg.objective).parts
+        needs_rows = [name for name, part in parts.items() if hasattr(part, "data_hooks")]
+        if needs_rows:
+            raise ConfigError(f"objective {', '.join(needs_rows)} needs a manifest (per-row groups/labels); "
+                              f"streamed shards support clip, siglip and concept: pass --data MANIFEST")
+        import pandas as pd
+
+        stub = Manifest(pd.DataFrame({"image": [], "caption": []}), Path("."), None)
+        if cfg.val_data:
+            return stub, read_manifest(cfg.val_data), f"shards {cfg.data}; held-out = {cfg.val_data}"
+        return stub, None, (f"shards {cfg.data} (samples with split val/test are left out of training); "
+                            f"no held-out metrics: pass --val-data MANIFEST for zero-shot evaluation")
     if cfg.data is None:
         from medvlp.data.synthetic import demo_manifest
 
@@ -290,11 +307,22 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
              if hasattr(part, "data_hooks")}
     row_fns = [h.row_fields for h in hooks.values()]
     caption_fns = [h.caption_fn for h in hooks.values() if getattr(h, "caption_fn", None) is not None]
-    ds = ImageTextDataset(train_m, model.tokenizer, opts, seed=cfg.seed, train=True, cache=cfg.cache,
-                          bad_log=log.bad_sample, max_bad_fraction=cfg.max_bad_fraction,
-                          progress=dinfo.is_main and not quiet, concept_fn=concept_fn,
-                          row_fields=RowFields(row_fns) if row_fns else None,
-                          caption_fn=caption_fns[0] if caption_fns else None)
+    from medvlp.data.stream import ShardStream, is_shard_pattern
+
+    streamed = is_shard_pattern(cfg.data)
+    ds: Any
+    if streamed:
+        # -- streamed shards: an IterableDataset split over ranks and workers (medvlp.data.stream)
+        ds = ShardStream(str(cfg.data), model.tokenizer, opts, seed=cfg.seed, rank=dinfo.rank,
+                         world=dinfo.world, bad_log=log.bad_sample, max_bad_fraction=cfg.max_bad_fraction,
+                         concept_fn=concept_fn)
+        data_desc += f" ({len(ds.urls)} shard(s), epoch length from {ds.count_source})"
+    else:
+        ds = ImageTextDataset(train_m, model.tokenizer, opts, seed=cfg.seed, train=True, cache=cfg.cache,
+                              bad_log=log.bad_sample, max_bad_fraction=cfg.max_bad_fraction,
+                              progress=dinfo.is_main and not quiet, concept_fn=concept_fn,
+                              row_fields=RowFields(row_fns) if row_fns else None,
+                              caption_fn=caption_fns[0] if caption_fns else None)
     keep_data = hooks.get("keep")
     group_ids = [keep_data.group_of_row[ds.row_of(k)] for k in range(len(ds))] if keep_data else None
     batch = cfg.batch_size or default_batch_size(dev)
@@ -352,7 +380,14 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    if keep_data is not None:
+    if streamed:
+        # -- streamed shards: the stream yields this rank's collated share of each remaining step; resuming
+        # is exact for the same number of ranks and workers (see medvlp.data.stream)
+        ds.configure(batch, steps, start)
+        workers = cfg.workers if cfg.workers is not None else min(8, _cpus())
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
+                                             pin_memory=dev.type == "cuda")
+    elif keep_data is not None:
         n_per = keep_data.n_per_group
         if batch % n_per:
             raise ConfigError(f"objective keep: batch size {batch} is not a multiple of keep n_per_group {n_per}")
@@ -362,9 +397,10 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
     else:
         sampler = StepSampler(len(ds), batch, seed=cfg.seed, total_steps=steps, start_step=start,
                               rank=dinfo.rank, world=dinfo.world)
-    workers = cfg.workers if cfg.workers is not None else (0 if ds.images is not None else min(8, _cpus()))
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-                                         pin_memory=dev.type == "cuda", persistent_workers=workers > 0)
+    if not streamed:
+        workers = cfg.workers if cfg.workers is not None else (0 if ds.images is not None else min(8, _cpus()))
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                                             pin_memory=dev.type == "cuda", persistent_workers=workers > 0)
     normalizer = Normalizer(opts.mean, opts.std).to(dev)
     pbar = None
     if dinfo.is_main and not quiet:
