@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import json
-import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from medvlp.cli import eval_extra
-from medvlp.errors import MedvlpError
+from medvlp.errors import ImageReadError, MedvlpError
 
 app = typer.Typer(no_args_is_help=True)
 
 
 def _labels(labels: str | None) -> list[str] | None:
+    """``--labels a,b,c`` -> a list; blanks dropped so that ``--labels ''`` reads as an empty list."""
     if labels is None:
         return None
-    return [s.strip() for s in labels.split(",")]
+    return [s.strip() for s in labels.split(",") if s.strip()]
 
 
 def _write_json(obj: object, path: str | None) -> None:
@@ -28,7 +29,8 @@ def _write_json(obj: object, path: str | None) -> None:
         typer.echo(f"wrote {path}")
 
 
-@app.command("zeroshot", help="Zero-shot metrics (with bootstrap CIs) of a model on a labelled manifest.")
+@app.command("zeroshot", help="Zero-shot metrics (with bootstrap CIs and the spread over prompt subsets) of a model "
+             "on a labelled manifest.")
 def eval_zeroshot(
     model: Annotated[str, typer.Option(help="Run folder, model folder, local-dir:/hf-hub: id.")],
     data: Annotated[str, typer.Option(help="Labelled manifest.")],
@@ -36,59 +38,125 @@ def eval_zeroshot(
     labels: Annotated[str | None, typer.Option(help="Comma-separated labels (default: the manifest's).")] = None,
     json_out: Annotated[str | None, typer.Option("--json", help="Write the metrics JSON here.")] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Bootstrap and prompt-subset seed.")] = 0,
+    prompt_subsets: Annotated[int, typer.Option(help="Random template subsets for the prompt spread (0: off).")] = 10,
+    subset_fraction: Annotated[float, typer.Option(help="Share of the templates in each subset.")] = 0.5,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
 ) -> None:
     import medvlp
     from medvlp.data.manifest import read_manifest
-    from medvlp.eval.zeroshot import evaluate_manifest
+    from medvlp.eval.zeroshot import evaluate_manifest, format_spread
     from medvlp.train.loop import format_metrics
 
+    label_list = _labels(labels)
+    if label_list is not None:
+        from medvlp.eval.zeroshot import check_labels
+
+        check_labels(label_list)  # fail before loading the model
     m = medvlp.load(model, domain=domain, device=device)
     manifest = read_manifest(data)
-    metrics = evaluate_manifest(m.net, manifest, card=m.card, labels=_labels(labels), n_boot=n_boot, seed=seed,
-                                progress=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = evaluate_manifest(m.net, manifest, card=m.card, labels=label_list, n_boot=n_boot, seed=seed,
+                                    progress=True, prompt_subsets=prompt_subsets, subset_fraction=subset_fraction)
+    _echo_warnings(caught)
     typer.echo(format_metrics(metrics, title=f"zero-shot on {data} (n={metrics['n']})"))
+    if "prompt_spread" in metrics:
+        typer.echo(format_spread(metrics["prompt_spread"]))
     if metrics.get("n_excluded"):
-        typer.echo(f"note: {metrics['n_excluded']} rows had labels outside the label set and were left out",
+        outside = ", ".join(f"'{k}' ({v})" for k, v in list(metrics.get("excluded_labels", {}).items())[:8])
+        typer.echo(f"note: {metrics['n_excluded']} rows had labels outside the label set and were left out: {outside}",
                    err=True)
     _write_json(metrics, json_out)
+
+
+def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Library warnings (unknown labels, skipped AUROC classes) as one ``note:`` line each on stderr."""
+    seen = set()
+    for w in caught:
+        msg = str(w.message)
+        if msg not in seen:
+            seen.add(msg)
+            typer.echo(f"note: {msg}", err=True)
+
+
+EXIT_PARTIAL = 2  # some images could not be read; the others were scored and written
 
 
 def zeroshot(
     images: Annotated[list[str], typer.Argument(help="Image files (PNG/JPEG/DICOM/TIFF) or slide tile refs.")],
     model: Annotated[str, typer.Option(help="Run folder, model folder, local-dir:/hf-hub: id.")],
     domain: Annotated[str | None, typer.Option(help="Domain card (default: the model's).")] = None,
-    labels: Annotated[str | None, typer.Option(help="Comma-separated labels (default: card's label set).")] = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated labels, at least two (default: the card's "
+                                                    "label set).")] = None,
     json_out: Annotated[str | None, typer.Option("--json", help="Write results (a list, one per image).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
 ) -> None:
-    """Zero-shot diagnosis; unreadable images are reported and the rest still scored (exit 1 if any failed)."""
-    import medvlp
+    """Zero-shot diagnosis of images.
 
-    m = medvlp.load(model, domain=domain, device=device)
+    Exit codes: 0 every image scored; 2 partial results (some images could not be read: each is named on
+    stderr and appears in --json with an ``error`` and empty probabilities, the others are scored);
+    1 nothing could be done (bad labels, no model, no readable image).
+    """
+    import medvlp
+    from medvlp.eval.zeroshot import check_labels
+
     label_list = _labels(labels)
-    results, failed = [], 0
-    readable = []
-    for path in images:
-        try:
-            m._pixels(path)
-            readable.append(path)
-        except MedvlpError as e:
-            failed += 1
-            typer.echo(f"medvlp: {e}", err=True)
-    for i in range(0, len(readable), batch_size):
-        chunk = readable[i:i + batch_size]
-        for res in m.zero_shot(list(chunk), labels=label_list):
-            results.append(res.to_dict())
-            top = res.probabilities[res.top_label]
-            typer.echo(f"{res.image}\t{res.top_label}\t{top:.3f}\tset={res.prediction_set}"
-                       f"\t{'calibrated' if res.calibrated else 'uncalibrated'}")
+    if label_list is not None:
+        check_labels(label_list)  # empty or duplicate labels fail before the model is loaded
+    m = medvlp.load(model, domain=domain, device=device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf = m.classifier(label_list)
+    _echo_warnings(caught)
+    results: list[dict] = []
+    failed = 0
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        for res in _score_chunk(m, clf, chunk):
+            if "error" in res:
+                failed += 1
+                typer.echo(f"medvlp: {res['image']}: {res['error']}", err=True)
+            else:
+                top = res["probabilities"][res["top_label"]]
+                typer.echo(f"{res['image']}\t{res['top_label']}\t{top:.3f}\tset={res['prediction_set']}"
+                           f"\t{'calibrated' if res['calibrated'] else 'uncalibrated'}")
+            results.append(res)
     _write_json(results, json_out)
+    if failed == len(images):
+        raise ImageReadError(images[0] if len(images) == 1 else f"all {len(images)} images",
+                             "no image could be read (see the lines above)")
     if failed:
-        typer.echo(f"medvlp: {failed} of {len(images)} images could not be read", err=True)
-        sys.exit(1)
+        typer.echo(f"medvlp: {failed} of {len(images)} images could not be read; results for the other "
+                   f"{len(images) - failed} were kept (exit code {EXIT_PARTIAL})", err=True)
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _score_chunk(m: object, clf: object, paths: list[str]) -> list[dict]:
+    """Read (each image once), embed and score a chunk; unreadable images become ``error`` entries."""
+    import torch
+
+    pixels, ok, out = [], [], []
+    for path in paths:
+        try:
+            pixels.append(m._pixels(path))  # type: ignore[attr-defined]
+            ok.append(path)
+            out.append(None)
+        except (MedvlpError, OSError, ValueError) as e:
+            reason = e.reason if isinstance(e, ImageReadError) else " ".join(str(e).split())
+            out.append({"image": path, "error": reason, "probabilities": {}, "top_label": None,
+                        "prediction_set": [], "calibrated": False})
+    if pixels:
+        net, dev = m.net, m.device  # type: ignore[attr-defined]
+        with torch.no_grad():
+            px = torch.stack(pixels).to(dev)
+            feats = net.encode_image(m._norm.to(dev)(px), normalize=True).float().cpu()  # type: ignore[attr-defined]
+        probs = clf.predict_proba(feats)  # type: ignore[attr-defined]
+        scored = iter(m._result(p, px1, pr, clf).to_dict()  # type: ignore[attr-defined]
+                      for p, px1, pr in zip(ok, pixels, probs, strict=True))
+        out = [o if o is not None else next(scored) for o in out]
+    return out
 
 
 # retrieval and linear-probe live beside the zero-shot commands

@@ -57,7 +57,15 @@ def pretrain(
         typer.echo(f"eval.json: {Path(result.out) / 'eval.json'}")
 
 
-def models() -> None:
+def models(
+    zoo: Annotated[bool, typer.Option("--zoo", help="List public medical models (hf-hub ids, preprocessing, "
+                                                    "tokenizer, licence, citation).")] = False,
+) -> None:
+    if zoo:
+        from medvlp.models.zoo import format_zoo
+
+        typer.echo(format_zoo())
+        return
     from medvlp.models import describe_models
 
     for name, desc in describe_models().items():

@@ -127,3 +127,9 @@ def tile(
     if failed:
         typer.echo(f"medvlp: {len(failed)} of {len(slides)} slides failed", err=True)
         raise typer.Exit(1)
+
+
+# `medvlp wsi zeroshot` (slide-level zero-shot with cached tile embeddings and heatmaps)
+from medvlp.cli import wsi_zeroshot  # noqa: E402
+
+wsi_zeroshot.register(app)

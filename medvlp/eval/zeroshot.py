@@ -109,12 +109,14 @@ class ZeroShotClassifier:
         card: domain card (name or object) giving templates, synonyms and positive/negative pairs.
         multilabel: score each label independently with positive/negative prompt pairs.
         graph: optional concept graph adding ontology synonyms to each prompt set.
+        templates: prompt templates (default: the card's, else :data:`DEFAULT_TEMPLATES`).
+        pairs: positive/negative template pairs for multi-label scoring (default: the card's).
         temperature: divide logits by this (from calibration); 1.0 = uncalibrated.
     """
 
     def __init__(self, model: Any, labels: Sequence[str], *, card: DomainCard | str | None = None,
                  multilabel: bool = False, graph: Any = None, templates: Sequence[str] | None = None,
-                 temperature: float = 1.0) -> None:
+                 pairs: Sequence[tuple[str, str]] | None = None, temperature: float = 1.0) -> None:
         self.model = model
         self.labels = check_labels(labels)
         if len(self.labels) < 2 and not multilabel:
@@ -133,7 +135,8 @@ class ZeroShotClassifier:
             )
         self.weights = _class_embeddings(model, [self.prompts[lab] for lab in self.labels])
         if multilabel:
-            pairs = self.card.prompts.pairs if self.card else (("{}", "no {}"),)
+            if pairs is None:
+                pairs = self.card.prompts.pairs if self.card else (("{}", "no {}"),)
             pos, neg = [], []
             for lab in self.labels:
                 names = self.card.find_label(lab).names if (self.card and self.card.find_label(lab)) else [lab]
@@ -177,13 +180,99 @@ def embed_dataset(model: Any, ds: Any, batch_size: int = 256, progress: bool = F
     return torch.cat(feats)
 
 
+SPREAD_METRICS = ("accuracy", "balanced_accuracy", "auroc", "f1_macro")  # the headline metrics of a prompt set
+
+
+def prompt_spread(model: Any, image_features: torch.Tensor, y: np.ndarray, labels: Sequence[str], *,
+                  card: DomainCard | None, multilabel: bool = False, n_subsets: int = 10, fraction: float = 0.5,
+                  seed: int = 0, metrics: Sequence[str] = SPREAD_METRICS) -> dict[str, Any]:
+    """Spread of the headline metrics over random subsets of the prompt templates.
+
+    MI-Zero's balanced accuracy moved from 0.39 to 0.92 across prompt sets on the same slides, so one
+    ensemble number hides how much a result depends on wording. Each of ``n_subsets`` seeded draws keeps
+    ``round(fraction * T)`` of the card's ``T`` templates (of its positive/negative pairs for multi-label)
+    and scores the same image features; the metrics are point values (no bootstrap).
+
+    Args:
+        model: the :class:`~medvlp.models.MedVLP` whose text tower embeds the prompts.
+        image_features: (N, D) unit image embeddings of the evaluated rows.
+        y: (N,) class indices, or (N, C) 0/1 for multi-label.
+        labels: the C label names.
+        card: domain card giving templates/pairs and synonyms.
+        multilabel: score with positive/negative pairs.
+        n_subsets: number of random subsets (R).
+        fraction: share of the templates in each subset.
+        seed: seed of the subset draws.
+        metrics: metric names summarised.
+
+    Returns:
+        ``{"n_subsets", "fraction", "templates_total", "templates_per_subset", "seed", "subsets": [[...]],
+        "metrics": {name: {"mean", "std", "min", "max", "values"}}}``; an empty ``metrics`` when the card
+        has fewer than two templates (no subset differs from the full set).
+
+    Example:
+        >>> from medvlp.models import create_model                                  # doctest: +SKIP
+        >>> spread = prompt_spread(create_model("tiny"), feats, y, ["a", "b"], card=load_card("pathology"))  # doctest: +SKIP
+    """
+    from medvlp.eval.metrics import classification_report
+
+    if multilabel:
+        pool: list[Any] = list(card.prompts.pairs if card else (("{}", "no {}"),))
+    else:
+        pool = list(card.prompts.templates if card else DEFAULT_TEMPLATES)
+    k = max(1, int(round(fraction * len(pool))))
+    out: dict[str, Any] = {"n_subsets": int(n_subsets), "fraction": float(fraction), "templates_total": len(pool),
+                           "templates_per_subset": k, "seed": int(seed), "subsets": [], "metrics": {}}
+    if len(pool) < 2 or n_subsets < 1:
+        return out
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {m: [] for m in metrics}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the ensemble run already warned about unknown labels / AUROC gaps
+        for _ in range(n_subsets):
+            idx = sorted(rng.choice(len(pool), size=k, replace=False).tolist())
+            subset = [pool[i] for i in idx]
+            out["subsets"].append([list(p) if isinstance(p, tuple) else p for p in subset])
+            clf = ZeroShotClassifier(model, labels, card=card, multilabel=multilabel,
+                                     templates=None if multilabel else subset, pairs=subset if multilabel else None)
+            rep = classification_report(y, clf.predict_proba(image_features), labels, n_boot=0,
+                                        multilabel=multilabel)
+            for m in metrics:
+                v = rep.get(m, {}).get("value")
+                if v is not None:
+                    values[m].append(float(v))
+    for m, vs in values.items():
+        if vs:
+            a = np.asarray(vs)
+            out["metrics"][m] = {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+                                 "min": float(a.min()), "max": float(a.max()), "values": [float(v) for v in a]}
+    return out
+
+
+def format_spread(spread: dict[str, Any]) -> str:
+    """Human-readable lines of a :func:`prompt_spread` result."""
+    if not spread.get("metrics"):
+        return f"prompt spread: not computed ({spread.get('templates_total', 0)} template(s) in the card)"
+    lines = [f"prompt spread over {spread['n_subsets']} random subsets of {spread['templates_per_subset']}/"
+             f"{spread['templates_total']} templates (seed {spread['seed']}): mean ± std [min, max]"]
+    for m, v in spread["metrics"].items():
+        lines.append(f"  {m:<28} {v['mean']:.4f} ± {v['std']:.4f}  [{v['min']:.4f}, {v['max']:.4f}]")
+    return "\n".join(lines)
+
+
 def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labels: Sequence[str] | None = None,
                       batch_size: int = 256, n_boot: int = 1000, seed: int = 0, progress: bool = False,
-                      bad_log: Any = None) -> dict[str, Any]:
+                      bad_log: Any = None, prompt_subsets: int = 10, subset_fraction: float = 0.5) -> dict[str, Any]:
     """Zero-shot metrics (DESIGN.md metrics JSON) of ``model`` on a labelled manifest.
 
     Without ``labels`` the manifest's distinct labels form the label set. Rows whose labels are not in
-    the label set are left out and counted (``n_excluded``); unreadable images are skipped and counted.
+    the label set are left out and counted (``n_excluded``, ``excluded_labels``); unreadable images are
+    skipped and counted. ``prompt_spread`` holds the spread of the headline metrics over
+    ``prompt_subsets`` random template subsets (see :func:`prompt_spread`; 0 turns it off).
+
+    Raises:
+        DataError: no readable image, or no row with a label in the label set (the message lists the
+            manifest's labels).
     """
     from medvlp.data.dataset import ImageTextDataset, options_for
     from medvlp.eval.metrics import classification_report
@@ -200,6 +289,7 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     clf = ZeroShotClassifier(model, labels, card=card, multilabel=multilabel)
     probs = clf.predict_proba(feats)
     keep, y = [], []
+    outside: dict[str, int] = {}
     for k in range(len(ds)):
         row_labels = manifest.labels(ds.row_of(k))
         if multilabel:
@@ -207,23 +297,37 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
             for lab in row_labels:
                 if lab.lower() in index:
                     vec[index[lab.lower()]] = 1
+                else:
+                    outside[lab] = outside.get(lab, 0) + 1
             keep.append(k)
             y.append(vec)
         elif len(row_labels) == 1 and row_labels[0].lower() in index:
             keep.append(k)
             y.append(index[row_labels[0].lower()])
+        else:
+            name = ", ".join(row_labels) if row_labels else "<no label>"
+            outside[name] = outside.get(name, 0) + 1
     if not keep:
-        raise DataError(f"{manifest.path}: no row has a label in the label set {labels}")
+        found = ", ".join(f"'{lab}' ({c})" for lab, c in sorted(outside.items(), key=lambda t: -t[1])[:8])
+        raise DataError(
+            f"{manifest.path}: no row has a label in the label set {labels}; the manifest's labels are {found}. "
+            "Pass --labels with the manifest's label names (or leave --labels out to use them)"
+        )
     groups = None
     for col in ("patient", "slide"):
         vals = manifest.column(col)
         if vals is not None and all(v is not None for v in vals):
             groups = np.asarray([vals[ds.row_of(k)] for k in keep])
             break
-    report = classification_report(np.asarray(y), probs[keep], labels, groups=groups, n_boot=n_boot, seed=seed,
+    y_arr = np.asarray(y)
+    report = classification_report(y_arr, probs[keep], labels, groups=groups, n_boot=n_boot, seed=seed,
                                    multilabel=multilabel)
     report["n_excluded"] = len(ds) - len(keep)
+    report["excluded_labels"] = outside
     report["n_unreadable"] = len(ds.bad)
     report["prompts_per_label"] = {lab: len(clf.prompts[lab]) for lab in labels}
     report["unknown_labels"] = clf.unknown_labels
+    if prompt_subsets > 0:
+        report["prompt_spread"] = prompt_spread(model, feats[keep], y_arr, labels, card=card, multilabel=multilabel,
+                                                n_subsets=prompt_subsets, fraction=subset_fraction, seed=seed)
     return report

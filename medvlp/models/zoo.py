@@ -1,13 +1,212 @@
-"""Loading trained and public models: run folders, ``local-dir:`` and ``hf-hub:`` ids."""
+"""Loading trained and public models: run folders, ``local-dir:`` and ``hf-hub:`` ids, and the zoo table.
+
+The zoo table (:data:`ZOO`) records, for public medical CLIP models, what a user needs to reproduce
+their numbers: the id to pass to ``medvlp.load`` / ``--model``, the image preprocessing (size, mean/std,
+resize and crop), the tokenizer and context length, the domain, the licence and the paper to cite.
+``medvlp models --zoo`` prints it.
+
+Formats:
+- **open_clip hub layout** (BiomedCLIP, QuiltNet, DermLIP): ``open_clip_config.json`` plus
+  ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin`` (read with
+  ``torch.load(weights_only=True)``, never unpickling objects). Standard CLIP checkpoints are converted
+  to open_clip's custom-text layout on load; timm vision towers are given patch-token output.
+  Tokenizer files in the folder (HF text towers) are used instead of fetching them.
+- **Hugging Face transformers CLIP** (PLIP, ``vinid/plip``): a ``CLIPModel`` checkpoint, not open_clip
+  format; ``medvlp.load`` refuses it with a message saying so (use transformers' ``CLIPModel``).
+
+Example:
+    >>> from medvlp.models.zoo import zoo_entry
+    >>> e = zoo_entry("quiltnet-b-32")
+    >>> e.model_id, e.image_size, e.context_length
+    ('hf-hub:wisdomik/QuiltNet-B-32', 224, 77)
+"""
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from medvlp.errors import ModelError
 from medvlp.models.factory import CONFIG_FILE, MEDVLP_FILE, MedVLP, load_saved
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HF_TEXT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
+_CENTRE_CROP = "resize shortest side to size (bicubic), centre crop size x size"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One public model: how to load it and how to feed it."""
+
+    name: str  # short name used in the table
+    model_id: str  # what to pass to medvlp.load / --model
+    format: str  # "open_clip" (loadable) or "transformers" (not open_clip format)
+    architecture: str  # towers in words
+    domain: str  # medvlp domain card it suits (or "general biomedical")
+    image_size: int  # input side in pixels
+    mean: tuple[float, float, float]  # normalisation mean (RGB, 0-1 scale)
+    std: tuple[float, float, float]  # normalisation std
+    resize: str  # resize / crop recipe of its evaluation preprocessing
+    tokenizer: str  # tokenizer (open_clip BPE or a Hugging Face tokenizer id)
+    context_length: int  # text tokens
+    licence: str  # as stated by the authors (check the model card before use)
+    citation: str  # paper to cite
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        ZooEntry(
+            name="biomedclip",
+            model_id="hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+            format="open_clip",
+            architecture="ViT-B/16 (timm) + PubMedBERT (BiomedBERT) text, 512-d",
+            domain="general biomedical (pathology, cxr, microscopy, ...)",
+            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
+            tokenizer="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract (HF WordPiece)",
+            context_length=256,
+            licence="MIT",
+            citation="Zhang et al., BiomedCLIP: a multimodal biomedical foundation model pretrained from fifteen "
+                     "million scientific image-text pairs, arXiv:2303.00915 (2023)",
+            notes="text tower config is fetched from the hub on first load; zero-shot reported: PCam 73.4%, "
+                  "LC25000-lung 65.2%, LC25000-colon 93.0%, RSNA 79.0%",
+        ),
+        ZooEntry(
+            name="quiltnet-b-32",
+            model_id="hf-hub:wisdomik/QuiltNet-B-32",
+            format="open_clip",
+            architecture="ViT-B/32 + CLIP text transformer (standard open_clip CLIP), 512-d",
+            domain="pathology",
+            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
+            tokenizer="open_clip BPE (SimpleTokenizer)", context_length=77,
+            licence="MIT",
+            citation="Ikezogwo et al., Quilt-1M: One Million Image-Text Pairs for Histopathology, NeurIPS 2023 "
+                     "Datasets and Benchmarks",
+            notes="standard CLIP checkpoint: converted to the custom-text layout on load",
+        ),
+        ZooEntry(
+            name="quiltnet-b-16",
+            model_id="hf-hub:wisdomik/QuiltNet-B-16",
+            format="open_clip",
+            architecture="ViT-B/16 + CLIP text transformer, 512-d",
+            domain="pathology",
+            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
+            tokenizer="open_clip BPE (SimpleTokenizer)", context_length=77,
+            licence="MIT",
+            citation="Ikezogwo et al., Quilt-1M: One Million Image-Text Pairs for Histopathology, NeurIPS 2023 "
+                     "Datasets and Benchmarks",
+        ),
+        ZooEntry(
+            name="quiltnet-b-16-pmb",
+            model_id="hf-hub:wisdomik/QuiltNet-B-16-PMB",
+            format="open_clip",
+            architecture="ViT-B/16 + PubMedBERT text, 512-d",
+            domain="pathology",
+            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
+            tokenizer="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract (HF WordPiece)",
+            context_length=256,
+            licence="MIT",
+            citation="Ikezogwo et al., Quilt-1M: One Million Image-Text Pairs for Histopathology, NeurIPS 2023 "
+                     "Datasets and Benchmarks",
+        ),
+        ZooEntry(
+            name="dermlip-vit-b-16",
+            model_id="hf-hub:redlessone/DermLIP_ViT-B-16",
+            format="open_clip",
+            architecture="ViT-B/16 + CLIP text transformer (GPT-style, 77 tokens), 512-d",
+            domain="dermatology",
+            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
+            tokenizer="open_clip BPE (SimpleTokenizer)", context_length=77,
+            licence="CC BY-NC 4.0 (Derm1M release; non-commercial, check the model card)",
+            citation="Yan et al., Derm1M: A Million-scale Vision-Language Dataset Aligned with Clinical Ontology "
+                     "Knowledge for Dermatology, arXiv:2503.14911 (ICCV 2025)",
+            notes="DermLIP's zero-shot averages 8 skin templates ('This is a skin image of {}', ...)",
+        ),
+        ZooEntry(
+            name="dermlip-panderm-pubmed-256",
+            model_id="hf-hub:redlessone/DermLIP_PanDerm-base-w-PubMed-256",
+            format="open_clip",
+            architecture="PanDerm-base ViT + PubMedBERT text (256 tokens)",
+            domain="dermatology",
+            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
+            tokenizer="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract (HF WordPiece)",
+            context_length=256,
+            licence="CC BY-NC 4.0 (Derm1M release; non-commercial, check the model card)",
+            citation="Yan et al., Derm1M: A Million-scale Vision-Language Dataset Aligned with Clinical Ontology "
+                     "Knowledge for Dermatology, arXiv:2503.14911 (ICCV 2025)",
+            notes="its vision tower is a custom PanDerm model registered by the authors' code; plain open_clip "
+                  "may not build it (medvlp.load then reports the missing architecture)",
+        ),
+        ZooEntry(
+            name="plip",
+            model_id="hf-hub:vinid/plip",
+            format="transformers",
+            architecture="CLIP ViT-B/32 fine-tuned on OpenPath (Hugging Face CLIPModel)",
+            domain="pathology",
+            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
+            tokenizer="CLIPTokenizer (openai/clip-vit-base-patch32 BPE)", context_length=77,
+            licence="see the model card (research use)",
+            citation="Huang et al., A visual-language foundation model for pathology image analysis using medical "
+                     "Twitter, Nature Medicine 29 (2023)",
+            notes="not open_clip format: medvlp.load refuses it; use transformers' CLIPModel/CLIPProcessor",
+        ),
+    )
+}
+
+
+def list_zoo() -> list[ZooEntry]:
+    """The zoo table, in display order."""
+    return list(ZOO.values())
+
+
+def zoo_entry(name_or_id: str) -> ZooEntry | None:
+    """The zoo entry for a short name (``quiltnet-b-32``) or an id (``hf-hub:wisdomik/QuiltNet-B-32``)."""
+    key = name_or_id.strip()
+    if key.lower() in ZOO:
+        return ZOO[key.lower()]
+    bare = key[len("hf-hub:"):] if key.startswith("hf-hub:") else key
+    for e in ZOO.values():
+        if e.model_id[len("hf-hub:"):].lower() == bare.lower():
+            return e
+    return None
+
+
+def format_zoo() -> str:
+    """The zoo table as text (``medvlp models --zoo``)."""
+    lines = []
+    for e in list_zoo():
+        loadable = "loadable" if e.format == "open_clip" else f"{e.format} format, not loadable"
+        lines += [
+            f"{e.name}  ({loadable})",
+            f"  id:            {e.model_id}",
+            f"  model:         {e.architecture}",
+            f"  domain:        {e.domain}",
+            f"  preprocessing: {e.image_size} px, {e.resize}; mean {list(e.mean)}, std {list(e.std)}",
+            f"  tokenizer:     {e.tokenizer}, context {e.context_length}",
+            f"  licence:       {e.licence}",
+            f"  cite:          {e.citation}",
+        ]
+        if e.notes:
+            lines.append(f"  notes:         {e.notes}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
 
 
 def _model_dir(path: Path) -> Path:
@@ -15,34 +214,160 @@ def _model_dir(path: Path) -> Path:
     for cand in (path / "model", path):
         if (cand / MEDVLP_FILE).is_file() or (cand / CONFIG_FILE).is_file():
             return cand
+    if (path / "config.json").is_file() and "CLIP" in (path / "config.json").read_text()[:4000]:
+        raise ModelError(
+            f"{path} holds a Hugging Face transformers CLIP model (config.json), not open_clip format "
+            f"({CONFIG_FILE} + weights); medvlp cannot load it: use transformers' CLIPModel, or a zoo model "
+            "in open_clip format (medvlp models --zoo)"
+        )
     raise ModelError(
         f"{path} holds no model: expected {MEDVLP_FILE} or {CONFIG_FILE} in it or in {path / 'model'} "
         "(train one with 'medvlp pretrain', or pass a registered name such as 'tiny')"
     )
 
 
+def _read_weights(d: Path) -> dict[str, torch.Tensor]:
+    """Weights of a hub folder: safetensors first, else a ``.bin`` through ``torch.load(weights_only=True)``."""
+    st, binf = d / WEIGHT_FILES[0], d / WEIGHT_FILES[1]
+    if st.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(st))
+    if binf.is_file():
+        try:
+            sd = torch.load(str(binf), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure means: not a plain tensor checkpoint
+            raise ModelError(f"{binf}: not a plain tensor checkpoint ({type(e).__name__}); refusing to unpickle "
+                             "it. Convert it to safetensors") from e
+        if isinstance(sd, dict) and "state_dict" in sd:
+            sd = sd["state_dict"]
+        return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    raise ModelError(f"{d}: no weights ({' or '.join(WEIGHT_FILES)})")
+
+
+@cache
+def _timm_token_class() -> type:
+    """A ``TimmModel`` subclass returning ``(pooled, patch tokens)``: same weights and state-dict keys."""
+    from open_clip.timm_model import TimmModel
+
+    class TimmModelWithTokens(TimmModel):
+        output_tokens = True
+
+        def forward(self, x: torch.Tensor) -> Any:
+            feats = self.trunk.forward_features(x)
+            pooled = self.head(self.trunk.forward_head(feats))
+            n_prefix = int(getattr(self.trunk, "num_prefix_tokens", 0))
+            tokens = feats[:, n_prefix:] if feats.ndim == 3 else feats.flatten(2).transpose(1, 2)
+            return (pooled, tokens) if self.output_tokens else pooled
+
+    return TimmModelWithTokens
+
+
+def _timm_tokens(visual: torch.nn.Module) -> None:
+    """Give an open_clip ``TimmModel`` tower (BiomedCLIP's) the patch-token output medvlp needs.
+
+    open_clip's timm tower returns only the pooled embedding; medvlp's encoders unpack
+    ``(pooled, tokens)``, so the instance's class is swapped for a subclass (weights untouched).
+    """
+    from open_clip.timm_model import TimmModel
+
+    cls = _timm_token_class()
+    if isinstance(visual, TimmModel) and not isinstance(visual, cls):
+        visual.__class__ = cls
+
+
+def load_open_clip_dir(d: str | Path, device: str | torch.device = "cpu", name: str | None = None) -> MedVLP:
+    """Load an open_clip hub-layout folder (``open_clip_config.json`` + weights) as a :class:`MedVLP`.
+
+    Standard (non custom-text) CLIP checkpoints are converted to the custom-text layout; HF text towers
+    use tokenizer/config files found in the folder, else their hub names.
+
+    Raises:
+        ModelError: missing or mismatched weights, or an architecture open_clip cannot build.
+    """
+    from open_clip.model import convert_to_custom_text_state_dict
+
+    from medvlp.models.factory import MedVLP, Tokenizer, _build_clip, _spec_from_raw
+
+    d = Path(d)
+    try:
+        oc = json.loads((d / CONFIG_FILE).read_text())
+        cfg = copy.deepcopy(oc["model_cfg"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{d / CONFIG_FILE}: not an open_clip config ({type(e).__name__}: {e})") from e
+    tc = cfg.setdefault("text_cfg", {})
+    if tc.get("hf_model_name"):
+        local = all((d / f).is_file() for f in ("config.json",))
+        if local:
+            tc["hf_model_name"] = str(d)
+        if any((d / f).is_file() for f in HF_TEXT_FILES[1:]):
+            tc["hf_tokenizer_name"] = str(d)
+        tc["hf_model_pretrained"] = False  # the checkpoint holds the text weights: no second download
+    raw = {**cfg, "preprocess_cfg": oc.get("preprocess_cfg", {})}
+    spec = _spec_from_raw(name or str(d), raw)
+    sd = convert_to_custom_text_state_dict(_read_weights(d))
+    bias = 0.0 if "logit_bias" in sd else None
+    try:
+        clip = _build_clip(spec, None, bias)
+    except (RuntimeError, KeyError, ValueError) as e:  # e.g. an unknown timm/custom architecture
+        raise ModelError(f"{d}: open_clip cannot build this model ({type(e).__name__}: {str(e)[:200]})") from e
+    missing, unexpected = clip.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ModelError(f"{d}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    _timm_tokens(clip.visual)
+    model = MedVLP(spec, clip, Tokenizer(spec.model_cfg["text_cfg"]))
+    model.meta = {"source": name or str(d)}  # type: ignore[assignment]
+    return model.to(device).eval()
+
+
+def _load_dir(d: Path, device: str | torch.device, name: str | None = None) -> MedVLP:
+    md = _model_dir(d)
+    if (md / MEDVLP_FILE).is_file():
+        model = load_saved(md, device=device)
+        _timm_tokens(model.clip.visual)
+        return model
+    return load_open_clip_dir(md, device=device, name=name)
+
+
+def _fetch(repo: str) -> Path:
+    """Download (or find in the local cache) a hub repo's open_clip files."""
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"],
+                                      etag_timeout=10))
+    except Exception as e:  # network, auth, missing repo or offline cache miss: all end the same way for a user
+        why = ("HF_HUB_OFFLINE=1 is set and it is not in the local cache" if offline
+               else f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+        raise ModelError(
+            f"could not load 'hf-hub:{repo}' from the Hugging Face hub ({why}). Download it once with network "
+            f"(unset HF_HUB_OFFLINE; `huggingface-cli download {repo}`) or copy the folder here and pass "
+            "'local-dir:PATH'"
+        ) from None
+
+
 def load_model(source: str | Path, device: str | torch.device = "cpu") -> MedVLP:
     """Load weights from a run folder, ``local-dir:PATH`` or ``hf-hub:ORG/NAME``.
 
     Raises:
-        ModelError: the folder does not exist or holds no model; a hub id cannot be fetched offline.
+        ModelError: the folder does not exist or holds no model; a hub id cannot be fetched (offline or
+            no network); the id is a zoo model in a format medvlp cannot load (PLIP).
     """
     s = str(source)
     if s.startswith("hf-hub:"):
-        repo = s[len("hf-hub:"):]
-        try:
-            from huggingface_hub import snapshot_download
-
-            local = snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
-        except Exception as e:  # network, auth or missing repo: all end the same way for a user
-            raise ModelError(
-                f"could not fetch '{repo}' from the Hugging Face hub ({type(e).__name__}); check the network "
-                "or download it once and pass 'local-dir:PATH'"
-            ) from e
-        return load_saved(_model_dir(Path(local)), device=device)
+        repo = s[len("hf-hub:"):].strip()
+        if not repo or repo.count("/") != 1:
+            raise ModelError(f"'{s}' is not a hub id; expected 'hf-hub:ORG/NAME' (see medvlp models --zoo)")
+        entry = zoo_entry(s)
+        if entry is not None and entry.format != "open_clip":
+            raise ModelError(f"'{s}' ({entry.name}) is a {entry.format} checkpoint, not open_clip format, so "
+                             f"medvlp cannot load it: {entry.notes}")
+        return _load_dir(_fetch(repo), device, name=s)
     if s.startswith("local-dir:"):
         s = s[len("local-dir:"):]
     path = Path(s).expanduser()
     if not path.exists():
         raise ModelError(f"model folder {path} does not exist")
-    return load_saved(_model_dir(path), device=device)
+    return _load_dir(path, device)
