@@ -1,8 +1,9 @@
 """``medvlp wsi tile``: tissue tiles of whole-slide images to HDF5 coordinate files (thin over :mod:`medvlp.io.wsi`).
 
 Every slide is attempted: a slide that cannot be tiled (unreadable, no trustworthy microns per pixel)
-prints one line on stderr and the others are still tiled; the command then exits 1, so a script sees
-the failure without losing the work done on the good slides.
+prints one line on stderr and the others are still tiled; the command then exits 2 (partial results;
+1 when no slide could be tiled), so a script sees the failure without losing the work done on the good
+slides. ``wsi zeroshot`` and ``zeroshot`` use the same exit codes.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def _output_names(slides: list[Path]) -> list[str]:
 @app.command(
     "tile",
     help="Tile slides at a target resolution, keeping tissue; one <stem>.h5 of coordinates per slide. "
-    "A slide that fails prints one line on stderr and the others are still tiled; the exit code is then 1.",
+    "A slide that fails prints one line on stderr and the others are still tiled; the exit code is then 2 "
+    "(1 when every slide failed).",
 )
 def tile(
     slides: Annotated[
@@ -126,7 +128,7 @@ def tile(
     typer.echo(f"tiled {n_ok} of {len(slides)} slides: {n_tiles} tiles in {seconds:.1f} s")
     if failed:
         typer.echo(f"medvlp: {len(failed)} of {len(slides)} slides failed", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(2 if n_ok else 1)
 
 
 # `medvlp wsi zeroshot` (slide-level zero-shot with cached tile embeddings and heatmaps)
