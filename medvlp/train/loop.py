@@ -264,7 +264,8 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
     card = load_card(cfg.domain)
     dev = dinfo.device
     model_name = cfg.model or card.default_model(dev.type)
-    objective = build_objective(cfg.objective)
+    # per-objective options from the config (e.g. extra: {concept: {negated: drop}})
+    objective = build_objective(cfg.objective, concept=dict(cfg.extra.get("concept", {})))
     if "concept" in objective.weights and cfg.concept_loss_weight != 0.5:
         objective.weights["concept"] = cfg.concept_loss_weight
     out = Path(cfg.out) if cfg.out else _default_out(cfg, model_name)
