@@ -39,7 +39,7 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None  # run folder; None = runs/<domain>-<model>-<time>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    workers: int | None = None  # data-loader workers; None = 0 with the image cache, else min(8, cpus)
+    workers: int | None = None  # data-loader workers; None = min(2, cpus) with the image cache, else min(8, cpus)
     cache: str = "auto"  # decoded-image cache: auto | ram | disk | none
     log_every: int = 10  # steps between metrics.jsonl lines
     save_every: int | None = None  # steps between checkpoints; None = about 10 per run

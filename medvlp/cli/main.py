@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 import typer
-
-import importlib
 
 from medvlp.cli import eval as eval_cmd
 from medvlp.cli import train
