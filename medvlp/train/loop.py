@@ -354,7 +354,7 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
 
     # -- optimisation state --
     params = param_groups(model, cfg.weight_decay)
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, cfg.beta2), eps=1e-6)
+    opt = _adamw(params, lr=lr, betas=(0.9, cfg.beta2), eps=1e-6)
     use_scaler = precision == "fp16" and dev.type == "cuda"
     scaler: Any = torch.amp.GradScaler("cuda") if use_scaler else _NoScaler()
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -481,6 +481,15 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
         log.info(f"done in {time.time() - t_start:.0f} s (training {train_seconds:.0f} s); model: {out / 'model'}")
     barrier()
     return result
+
+
+def _adamw(params: list[dict[str, Any]], **kw: Any) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel where torch has it (CPU and CUDA): on 2 CPU cores its step is 4-5x
+    faster than the default multi-tensor one (the tiny model's 6M-row token embedding dominates)."""
+    try:
+        return torch.optim.AdamW(params, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):  # older torch, or a device/dtype the fused kernel lacks
+        return torch.optim.AdamW(params, **kw)
 
 
 def _cpus() -> int:
