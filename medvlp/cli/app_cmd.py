@@ -58,6 +58,12 @@ def _launch(name: str, extra: list[str]) -> None:
     except ImportError as e:
         raise ConfigError("the apps need Streamlit: pip install 'medvlp[app]'") from e
     cmd, env = streamlit_command(name, extra)
+    if os.name == "posix":
+        # Become the Streamlit server: a signal sent to `medvlp app` (Ctrl-C, a supervisor's SIGTERM)
+        # then reaches the server itself instead of orphaning it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execvpe(cmd[0], cmd, env)
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 
