@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -272,11 +273,16 @@ def _dist_cases() -> dict[str, list[list[ConceptSpan]]]:
     return {"uneven": uneven, "rank1_empty": one_side, "all_empty": [[] for _ in range(2 * N)]}
 
 
-def test_two_processes_equal_one(tmp_path: Path) -> None:
+def test_two_processes_equal_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
     import torch.multiprocessing as mp
 
     out_file = tmp_path / "dist.pt"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # spawn re-runs the parent's __main__ file in each child; inside pytest that may be whatever script
+    # ran last as __main__ (Streamlit's AppTest runs the apps that way), so give the children a blank one
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
     results = torch.load(out_file, weights_only=True)
     for case, concepts in _dist_cases().items():
