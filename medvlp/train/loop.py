@@ -328,8 +328,14 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
     group_ids = [keep_data.group_of_row[ds.row_of(k)] for k in range(len(ds))] if keep_data else None
     batch = cfg.batch_size or default_batch_size(dev)
     batch = min(batch, len(ds) - len(ds) % dinfo.world) if cfg.batch_size is None else batch
-    if keep_data is not None and cfg.batch_size is None:
-        batch = fit_group_batch(batch, keep_data.n_per_group, len(set(group_ids)), dinfo.world)
+    if keep_data is not None:
+        n_groups = len(set(group_ids))
+        if n_groups < batch // keep_data.n_per_group:
+            # Fewer groups than the batch has room for (e.g. a 6-class corpus): take more samples per group
+            # instead of shrinking the batch, so the contrastive loss keeps its negatives.
+            keep_data.n_per_group = max(keep_data.n_per_group, batch // max(n_groups, 1))
+        if cfg.batch_size is None or batch % keep_data.n_per_group or batch // keep_data.n_per_group > n_groups:
+            batch = fit_group_batch(batch, keep_data.n_per_group, n_groups, dinfo.world)
     steps, steps_why = resolve_steps(cfg, len(ds), batch, dev, card.demo)
     lr = cfg.lr or default_lr(model, batch)
     warmup = int(cfg.warmup if cfg.warmup >= 1 else round(cfg.warmup * steps))
