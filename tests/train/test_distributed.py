@@ -30,7 +30,7 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("objective", ["clip", "siglip", "siglip+concept"])
+@pytest.mark.parametrize("objective", ["clip", "siglip", "siglip+concept", "keep"])
 def test_two_processes_equal_one(small_demo: Path, tmp_path: Path, objective: str) -> None:
     args = ["--data", str(small_demo), "--objective", objective, "--steps", "4", "--batch-size", "32",
             "--seed", "0", "--device", "cpu", "--workers", "0", "--no-eval", "--log-every", "1", "--quiet",
