@@ -123,6 +123,14 @@ def progress_iter(items: Iterable, total: int, desc: str, progress: bool, unit: 
     return tqdm(items, total=total, desc=desc, unit=unit, leave=False)
 
 
+def demo_jobs(out: Path, n_classes: int, n_per_class: int, domain: str, progress: bool) -> Iterable:
+    """Create ``out/images`` and ``out/masks`` and iterate (class, index) jobs, with a progress bar if asked."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    jobs = [(c, i) for c in range(n_classes) for i in range(n_per_class)]
+    return progress_iter(jobs, len(jobs), f"generating {domain} demo corpus", progress)
+
+
 def row(
     image: str,
     captions: list[str],

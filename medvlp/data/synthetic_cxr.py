@@ -27,8 +27,8 @@ from medvlp.data.synthetic import (
     Corpus,
     DemoClass,
     cased,
+    demo_jobs,
     pick_name,
-    progress_iter,
     row,
     save_png,
     smooth_noise,
@@ -374,11 +374,8 @@ def write_dicom(
 
 def generate(out: Path, n_per_class: int, size: int, seed: int, progress: bool) -> Corpus:
     """The CXR demo: ``n_per_class`` DICOM films per finding, masks of the finding regions."""
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    jobs = [(c, i) for c in range(len(CLASSES)) for i in range(n_per_class)]
     rows = []
-    for c, i in progress_iter(jobs, len(jobs), "generating cxr demo corpus", progress):
+    for c, i in demo_jobs(out, len(CLASSES), n_per_class, "cxr", progress):
         rng = np.random.default_rng([seed, 101, c, i])
         att, mask, drawn = render_cxr(rng, size, c)
         caps, concepts = [], []

@@ -27,11 +27,11 @@ from medvlp.data.synthetic import (
     Corpus,
     DemoClass,
     cased,
+    demo_jobs,
     disks,
     jitter,
     paint,
     pick_name,
-    progress_iter,
     row,
     save_png,
     smooth_noise,
@@ -271,11 +271,8 @@ ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI"}
 
 def generate(out: Path, n_per_class: int, size: int, seed: int, progress: bool) -> Corpus:
     """The dermatology demo: ``n_per_class`` JPEG images per HAM10000 diagnosis, lesion masks, metadata."""
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    jobs = [(c, i) for c in range(len(CLASSES)) for i in range(n_per_class)]
     rows = []
-    for c, i in progress_iter(jobs, len(jobs), "generating dermatology demo corpus", progress):
+    for c, i in demo_jobs(out, len(CLASSES), n_per_class, "dermatology", progress):
         rng = np.random.default_rng([seed, 202, c, i])
         tone = int(rng.integers(1, 7))
         site, site_id = SITES[int(rng.integers(len(SITES)))]

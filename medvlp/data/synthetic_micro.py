@@ -23,9 +23,9 @@ from medvlp.data.synthetic import (
     Corpus,
     DemoClass,
     cased,
+    demo_jobs,
     disks,
     pick_name,
-    progress_iter,
     row,
     save_png,
     smooth_noise,
@@ -189,11 +189,8 @@ def write_tiff(path: Path, stack: np.ndarray) -> None:
 
 def generate(out: Path, n_per_class: int, size: int, seed: int, progress: bool) -> Corpus:
     """The microscopy demo: ``n_per_class`` four-channel TIFF fields per subcellular location."""
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    jobs = [(c, i) for c in range(len(CLASSES)) for i in range(n_per_class)]
     rows = []
-    for c, i in progress_iter(jobs, len(jobs), "generating microscopy demo corpus", progress):
+    for c, i in demo_jobs(out, len(CLASSES), n_per_class, "microscopy", progress):
         rng = np.random.default_rng([seed, 303, c, i])
         stack, where = render_field(rng, size, c)
         line, line_id = CELL_LINES[int(rng.integers(len(CELL_LINES)))]
