@@ -1,5 +1,6 @@
 """Ontologies: concept graphs, loaders (project JSON, OBO/OWL, UMLS RRF), matcher, prompts, encoder."""
 
+from medvlp.ontology.cards import card_graph
 from medvlp.ontology.graph import Concept, ConceptGraph, LoadIssue, xref_key
 from medvlp.ontology.loaders import (
     bundled_names,
@@ -41,6 +42,7 @@ __all__ = [
     "Mention",
     "TrainResult",
     "bundled_names",
+    "card_graph",
     "concept_texts",
     "contrastive_loss",
     "evaluate_retrieval",
