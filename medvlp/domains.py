@@ -51,9 +51,10 @@ class LabelSet:
 
 @dataclass(frozen=True)
 class Prompts:
-    templates: tuple[str, ...]  # each holds exactly one "{}"
+    templates: tuple[str, ...]  # zero-shot prompt templates; each holds exactly one "{}"
     pairs: tuple[tuple[str, str], ...]  # (positive, negative) templates for multi-label findings
     reference: str  # reference prompt for concept scores (MONET-style)
+    captions: tuple[str, ...] = ()  # caption templates for importers and demos, disjoint from ``templates``
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,12 @@ class DomainCard:
         if lab and _norm(lab.name) != _norm(label_name):
             names.insert(1, lab.name)
         names = list(dict.fromkeys(names))
-        return list(dict.fromkeys(t.format(n) for n in names for t in self.prompts.templates))
+        return list(dict.fromkeys(t.format(n) for n in names for t in self.caption_templates))
+
+    @property
+    def caption_templates(self) -> tuple[str, ...]:
+        """Templates that importers and demos write captions with (never the zero-shot prompts)."""
+        return self.prompts.captions
 
     def default_model(self, device: str) -> str:
         kind = "cuda" if str(device).startswith("cuda") else "cpu"
@@ -199,7 +205,19 @@ def parse_card(path: Path) -> DomainCard:
         if len(pair) != 2 or any(p.count("{}") != 1 for p in pair):
             raise ConfigError(f"{w} [prompts].pairs: {pair!r} must be [positive, negative] with one '{{}}' each")
         pairs.append((pair[0], pair[1]))
-    prompts = Prompts(templates=templates, pairs=tuple(pairs), reference=str(pr.get("reference", "an image")))
+    captions = tuple(pr.get("captions", []))
+    for t in captions:
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise ConfigError(f"{w} [prompts].captions: {t!r} must contain exactly one '{{}}'")
+    if not captions:
+        raise ConfigError(f"{w} [prompts]: missing 'captions' (caption templates for importers and demos, "
+                          "kept apart from the zero-shot 'templates')")
+    shared = sorted(set(captions) & set(templates))
+    if shared:
+        raise ConfigError(f"{w} [prompts]: {shared} are both caption and prompt templates; the two pools must "
+                          "be disjoint (a prompt that is a training caption is not zero-shot)")
+    prompts = Prompts(templates=templates, pairs=tuple(pairs), reference=str(pr.get("reference", "an image")),
+                      captions=captions)
     label_sets: dict[str, LabelSet] = {}
     for key, ls in _require(raw, "label_sets", dict, w).items():
         where = f"{w} [label_sets.{key}]"
