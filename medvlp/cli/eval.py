@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from medvlp.cli import eval_extra
 from medvlp.errors import ImageReadError, MedvlpError
+
+if TYPE_CHECKING:
+    from medvlp.api import Model
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -133,14 +136,14 @@ def zeroshot(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _score_chunk(m: object, clf: object, paths: list[str]) -> list[dict]:
+def _score_chunk(m: Model, clf: Any, paths: list[str]) -> list[dict]:
     """Read (each image once), embed and score a chunk; unreadable images become ``error`` entries."""
     import torch
 
     pixels, ok, out = [], [], []
     for path in paths:
         try:
-            pixels.append(m._pixels(path))  # type: ignore[attr-defined]
+            pixels.append(m.pixels(path))
             ok.append(path)
             out.append(None)
         except (MedvlpError, OSError, ValueError) as e:
@@ -148,13 +151,8 @@ def _score_chunk(m: object, clf: object, paths: list[str]) -> list[dict]:
             out.append({"image": path, "error": reason, "probabilities": {}, "top_label": None,
                         "prediction_set": [], "calibrated": False})
     if pixels:
-        net, dev = m.net, m.device  # type: ignore[attr-defined]
-        with torch.no_grad():
-            px = torch.stack(pixels).to(dev)
-            feats = net.encode_image(m._norm.to(dev)(px), normalize=True).float().cpu()  # type: ignore[attr-defined]
-        probs = clf.predict_proba(feats)  # type: ignore[attr-defined]
-        scored = iter(m._result(p, px1, pr, clf).to_dict()  # type: ignore[attr-defined]
-                      for p, px1, pr in zip(ok, pixels, probs, strict=True))
+        probs = clf.predict_proba(m.embed_pixels(torch.stack(pixels)))
+        scored = iter(m.result(p, px1, pr, clf).to_dict() for p, px1, pr in zip(ok, pixels, probs, strict=True))
         out = [o if o is not None else next(scored) for o in out]
     return out
 

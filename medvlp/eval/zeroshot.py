@@ -85,7 +85,7 @@ def embed_texts(model: Any, texts: Sequence[str], batch_size: int = 256) -> torc
     return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
 
 
-def _class_embeddings(model: Any, prompt_sets: list[list[str]]) -> torch.Tensor:
+def class_embeddings(model: Any, prompt_sets: list[list[str]]) -> torch.Tensor:
     """Mean of unit prompt embeddings per class, renormalised; cached on the model per prompt set."""
     cache: dict[str, torch.Tensor] = model.__dict__.setdefault("_medvlp_text_cache", {})
     key = hashlib.sha256(repr(prompt_sets).encode()).hexdigest()
@@ -98,6 +98,9 @@ def _class_embeddings(model: Any, prompt_sets: list[list[str]]) -> torch.Tensor:
             k += len(ps)
         cache[key] = torch.stack(rows)
     return cache[key]
+
+
+_class_embeddings = class_embeddings  # the older private name (medvlp.explain.heatmaps)
 
 
 class ZeroShotClassifier:
@@ -133,7 +136,7 @@ class ZeroShotClassifier:
                 f"labels without a concept in the domain card, used as raw text: {self.unknown_labels}",
                 stacklevel=2,
             )
-        self.weights = _class_embeddings(model, [self.prompts[lab] for lab in self.labels])
+        self.weights = class_embeddings(model, [self.prompts[lab] for lab in self.labels])
         if multilabel:
             if pairs is None:
                 pairs = self.card.prompts.pairs if self.card else (("{}", "no {}"),)
@@ -142,8 +145,8 @@ class ZeroShotClassifier:
                 names = self.card.find_label(lab).names if (self.card and self.card.find_label(lab)) else [lab]
                 pos.append([p.format(n) for n in names for p, _ in pairs])
                 neg.append([q.format(n) for n in names for _, q in pairs])
-            self.pos_weights = _class_embeddings(model, pos)
-            self.neg_weights = _class_embeddings(model, neg)
+            self.pos_weights = class_embeddings(model, pos)
+            self.neg_weights = class_embeddings(model, neg)
 
     @property
     def logit_scale(self) -> float:
