@@ -45,9 +45,14 @@ def eval_zeroshot(
     prompt_subsets: Annotated[int, typer.Option(help="Random template subsets for the prompt spread (0: off).")] = 10,
     subset_fraction: Annotated[float, typer.Option(help="Share of the templates in each subset.")] = 0.5,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    train_data: Annotated[str | None, typer.Option(help="Training manifest: report exact/near duplicates and "
+                                                        "shared patients with the eval data (JSON 'overlap') and "
+                                                        "embedding near duplicates ('overlap_embedding').")] = None,
+    near_dup_threshold: Annotated[float, typer.Option(help="Embedding cosine of a near duplicate.")] = 0.98,
 ) -> None:
     import medvlp
     from medvlp.data.manifest import read_manifest
+    from medvlp.eval.hygiene import find_caption_record
     from medvlp.eval.zeroshot import evaluate_manifest, format_spread
     from medvlp.train.loop import format_metrics
 
@@ -58,11 +63,17 @@ def eval_zeroshot(
         check_labels(label_list)  # fail before loading the model
     m = medvlp.load(model, domain=domain, device=device)
     manifest = read_manifest(data)
+    train_manifest = read_manifest(train_data) if train_data else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         metrics = evaluate_manifest(m.net, manifest, card=m.card, labels=label_list, n_boot=n_boot, seed=seed,
-                                    progress=True, prompt_subsets=prompt_subsets, subset_fraction=subset_fraction)
+                                    progress=True, prompt_subsets=prompt_subsets, subset_fraction=subset_fraction,
+                                    caption_record=find_caption_record(m.source), train_manifest=train_manifest,
+                                    near_dup_threshold=near_dup_threshold)
     _echo_warnings(caught)
+    if train_data:
+        metrics["overlap"] = _data_overlap(train_data, data)
+    _echo_hygiene(metrics)
     typer.echo(format_metrics(metrics, title=f"zero-shot on {data} (n={metrics['n']})"))
     if "prompt_spread" in metrics:
         typer.echo(format_spread(metrics["prompt_spread"]))
@@ -71,6 +82,30 @@ def eval_zeroshot(
         typer.echo(f"note: {metrics['n_excluded']} rows had labels outside the label set and were left out: {outside}",
                    err=True)
     _write_json(metrics, json_out)
+
+
+def _data_overlap(train: str, evaluated: str) -> dict:
+    """``medvlp.data.overlap.find_overlap(train, eval).to_dict()``, or a note when that module is absent."""
+    try:
+        from medvlp.data.overlap import find_overlap
+    except ImportError as e:
+        return {"available": False, "note": f"pixel/perceptual duplicate search unavailable ({e})"}
+    return find_overlap(train, evaluated).to_dict()
+
+
+def _echo_hygiene(metrics: dict) -> None:
+    """Warn on stderr when eval prompts were training captions, or when the protocol cannot be checked."""
+    overlap = metrics.get("prompt_overlap")
+    if overlap is None:
+        typer.echo(f"note: prompt_overlap unknown: {metrics.get('prompt_overlap_note', '')}", err=True)
+    elif overlap > 0:
+        ex = "; ".join(repr(p) for p in metrics.get("prompt_overlap_examples", [])[:3])
+        typer.echo(f"warning: {overlap:.0%} of the eval prompts were training captions ({ex}): these prompts "
+                   "were training captions: this is a text-supervised result, not zero-shot", err=True)
+    near = metrics.get("overlap_embedding")
+    if near and near["n_eval_rows"]:
+        typer.echo(f"warning: {near['n_eval_rows']} eval rows have a training image with embedding cosine >= "
+                   f"{near['threshold']:g} (near duplicates; see 'overlap_embedding')", err=True)
 
 
 def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:

@@ -147,6 +147,12 @@ class ZeroShotClassifier:
                 neg.append([q.format(n) for n in names for _, q in pairs])
             self.pos_weights = class_embeddings(model, pos)
             self.neg_weights = class_embeddings(model, neg)
+            self.pair_prompts = {lab: [*p, *q] for lab, p, q in zip(self.labels, pos, neg, strict=True)}
+
+    def all_prompts(self) -> list[str]:
+        """Every text this classifier embeds (prompt sets, and the positive/negative pairs for multi-label)."""
+        sets = [*self.prompts.values(), *getattr(self, "pair_prompts", {}).values()]
+        return list(dict.fromkeys(p for ps in sets for p in ps))
 
     @property
     def logit_scale(self) -> float:
@@ -265,13 +271,21 @@ def format_spread(spread: dict[str, Any]) -> str:
 
 def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labels: Sequence[str] | None = None,
                       batch_size: int = 256, n_boot: int = 1000, seed: int = 0, progress: bool = False,
-                      bad_log: Any = None, prompt_subsets: int = 10, subset_fraction: float = 0.5) -> dict[str, Any]:
+                      bad_log: Any = None, prompt_subsets: int = 10, subset_fraction: float = 0.5,
+                      caption_record: Any = None, train_manifest: Any = None,
+                      near_dup_threshold: float = 0.98) -> dict[str, Any]:
     """Zero-shot metrics (DESIGN.md metrics JSON) of ``model`` on a labelled manifest.
 
     Without ``labels`` the manifest's distinct labels form the label set. Rows whose labels are not in
     the label set are left out and counted (``n_excluded``, ``excluded_labels``); unreadable images are
     skipped and counted. ``prompt_spread`` holds the spread of the headline metrics over
     ``prompt_subsets`` random template subsets (see :func:`prompt_spread`; 0 turns it off).
+
+    ``prompt_overlap`` is the share of the eval prompts that were training captions, from
+    ``caption_record`` (a ``captions.json`` path or its dict, see :mod:`medvlp.eval.hygiene`); 0 is a
+    clean zero-shot protocol, above 0 a text-supervised one; ``None`` (with ``prompt_overlap_note``)
+    without a record. With ``train_manifest``, ``overlap_embedding`` lists the near duplicates (image
+    embedding cosine >= ``near_dup_threshold``) between its images and the evaluated rows.
 
     Raises:
         DataError: no readable image, or no row with a label in the label set (the message lists the
@@ -330,7 +344,29 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     report["n_unreadable"] = len(ds.bad)
     report["prompts_per_label"] = {lab: len(clf.prompts[lab]) for lab in labels}
     report["unknown_labels"] = clf.unknown_labels
+    report.update(_overlap_fields(clf, caption_record))
+    if train_manifest is not None:
+        from medvlp.eval.overlap_embed import manifest_near_duplicates
+
+        near = manifest_near_duplicates(model, train_manifest, feats[keep], card=card, threshold=near_dup_threshold,
+                                        batch_size=batch_size, progress=progress)
+        eval_rows = [ds.row_of(k) for k in keep]
+        near["pairs"] = [[t, eval_rows[e], c] for t, e, c in near["pairs"]]
+        report["overlap_embedding"] = near
     if prompt_subsets > 0:
         report["prompt_spread"] = prompt_spread(model, feats[keep], y_arr, labels, card=card, multilabel=multilabel,
                                                 n_subsets=prompt_subsets, fraction=subset_fraction, seed=seed)
     return report
+
+
+def _overlap_fields(clf: ZeroShotClassifier, record: Any) -> dict[str, Any]:
+    """``prompt_overlap`` (+ a note, or the overlapping prompts) of a classifier against a caption record."""
+    from medvlp.eval.hygiene import overlapping_prompts, prompt_overlap, read_caption_record
+
+    if record is None:
+        return {"prompt_overlap": None, "prompt_overlap_note": "no captions.json in the model's run folder: "
+                "whether the eval prompts were training captions is unknown"}
+    rec = record if isinstance(record, dict) else read_caption_record(record)
+    prompts = clf.all_prompts()
+    return {"prompt_overlap": prompt_overlap(prompts, rec), "prompt_overlap_examples": overlapping_prompts(prompts, rec)[:5],
+            "caption_templates": rec.get("caption_templates", {})}
