@@ -51,27 +51,48 @@ def build_prompts(
     templates: Sequence[str] | None = None,
     graph: Any = None,
     max_ontology_synonyms: int = 3,
+    definitions: bool = True,
 ) -> tuple[dict[str, list[str]], list[str]]:
     """Prompt sets per label and the labels that had no concept (their raw text is used).
 
     Names come from the card's label (name + synonyms), then up to ``max_ontology_synonyms`` synonyms
-    of its concept in ``graph``; every name is put in every template.
+    of its concept in ``graph``; every name is put in every template. A label the card does not know
+    but ``graph`` does (a name or synonym of a concept: an unseen class) gets its concept's name and
+    synonyms. With ``definitions``, a concept's definition adds ``"<name>, <definition>"`` prompts.
     """
+    from medvlp.ontology.prompts import expand_prompts, resolve_label
+
     templates = list(templates or (card.prompts.templates if card else DEFAULT_TEMPLATES))
     prompts: dict[str, list[str]] = {}
     unknown: list[str] = []
     for label in labels:
         names = [label]
         lab = card.find_label(label) if card else None
+        concept = None
         if lab is not None:
             names += list(lab.names)
-            if graph is not None and lab.concept in graph:
-                names += list(graph[lab.concept].synonyms)[:max_ontology_synonyms]
-        else:
+            if graph is not None and lab.concept and lab.concept in graph:
+                concept = graph[lab.concept]
+        elif graph is not None:
+            concept = resolve_label(label, graph)
+        if concept is None and lab is None:
             unknown.append(label)
         names = list(dict.fromkeys(n for n in names if n))
-        prompts[label] = list(dict.fromkeys(t.format(n) for n in names for t in templates))
+        out = [t.format(n) for n in names for t in templates]
+        if concept is not None:
+            out += expand_prompts(concept, graph, templates, include_definition=definitions,
+                                  max_synonyms=max_ontology_synonyms)
+        prompts[label] = list(dict.fromkeys(out))
     return prompts, unknown
+
+
+def default_graph(card: DomainCard | None) -> Any:
+    """The card's ontology for prompt expansion (:func:`medvlp.ontology.card_graph`, warn-and-go-on mode)."""
+    if card is None:
+        return None
+    from medvlp.ontology import card_graph
+
+    return card_graph(card)
 
 
 @torch.no_grad()
@@ -111,14 +132,15 @@ class ZeroShotClassifier:
         labels: class names; card labels get their synonyms, unknown ones are used as raw text.
         card: domain card (name or object) giving templates, synonyms and positive/negative pairs.
         multilabel: score each label independently with positive/negative prompt pairs.
-        graph: optional concept graph adding ontology synonyms to each prompt set.
+        graph: concept graph adding ontology synonyms and definitions to each prompt set, and prompts for
+            labels the card lacks; ``"card"`` (default) = the card's ontology, None = none.
         templates: prompt templates (default: the card's, else :data:`DEFAULT_TEMPLATES`).
         pairs: positive/negative template pairs for multi-label scoring (default: the card's).
         temperature: divide logits by this (from calibration); 1.0 = uncalibrated.
     """
 
     def __init__(self, model: Any, labels: Sequence[str], *, card: DomainCard | str | None = None,
-                 multilabel: bool = False, graph: Any = None, templates: Sequence[str] | None = None,
+                 multilabel: bool = False, graph: Any = "card", templates: Sequence[str] | None = None,
                  pairs: Sequence[tuple[str, str]] | None = None, temperature: float = 1.0) -> None:
         self.model = model
         self.labels = check_labels(labels)
@@ -128,6 +150,9 @@ class ZeroShotClassifier:
                 "multi-label scoring (positive/negative prompts)"
             )
         self.card = load_card(card) if isinstance(card, str) else card
+        if isinstance(graph, str) and graph == "card":
+            graph = default_graph(self.card)
+        self.graph = graph
         self.multilabel = multilabel
         self.temperature = float(temperature)
         self.prompts, self.unknown_labels = build_prompts(self.labels, self.card, templates=templates, graph=graph)

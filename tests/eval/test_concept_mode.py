@@ -1,0 +1,104 @@
+"""Unseen classes (ontology prompt expansion) and concept-mode zero-shot on a tiny synthetic setting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medvlp.domains import load_card
+from medvlp.errors import ConfigError
+from medvlp.eval.concept_zeroshot import ConceptZeroShot, defining_concepts
+from medvlp.eval.zeroshot import build_prompts
+from medvlp.ontology import Concept, ConceptGraph, card_graph
+
+FEATURES = ["granular cytoplasm", "bilobed nucleus", "round nucleus", "pale cytoplasm"]
+
+
+def _graph() -> ConceptGraph:
+    f = [Concept(f"t:f{k}", name) for k, name in enumerate(FEATURES)]
+    cls = [
+        Concept("t:cell", "blood cell", relations=[("has_feature", "t:f0")]),
+        Concept("t:a", "alpha cell", parents=["t:cell"], relations=[("has_feature", "t:f1")]),
+        Concept("t:b", "beta cell", relations=[("has_feature", "t:f2"), ("lacks_feature", "t:f0")]),
+        Concept("t:c", "gamma cell", relations=[("has_feature", "t:f3")]),
+        Concept("t:d", "delta cell"),  # nothing defines it
+    ]
+    return ConceptGraph(f + cls)
+
+
+class StubModel(torch.nn.Module):
+    """Text tower that embeds a text as the basis vector of the feature it names (a known geometry)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.clip = torch.nn.Module()
+        self.clip.logit_scale = torch.nn.Parameter(torch.tensor(np.log(10.0), dtype=torch.float32))
+        self.embed_dim = 8
+        self._texts: list[str] = []
+
+    def tokenize(self, texts):
+        start = len(self._texts)
+        self._texts += list(texts)
+        return torch.arange(start, start + len(texts))
+
+    def encode_text(self, tok, normalize=True):
+        out = torch.full((len(tok), self.embed_dim), 1e-3)
+        for r, i in enumerate(tok.tolist()):
+            for k, name in enumerate(FEATURES):
+                if name in self._texts[i]:
+                    out[r, k] += 1.0
+        return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+
+def test_defining_concepts_presence_absence_and_parents():
+    g = _graph()
+    assert defining_concepts(g, "t:a") == (["t:f1"], [])
+    assert defining_concepts(g, "t:a", include_parents=True) == (["t:f1", "t:f0"], [])
+    assert defining_concepts(g, "t:b") == (["t:f2"], ["t:f0"])
+
+
+def test_concept_mode_beats_chance_where_prompt_names_carry_nothing():
+    # images show their class's defining features (+ noise); class names never appear in any feature text
+    rng = np.random.default_rng(0)
+    feature_sets = {"alpha cell": [0, 1], "beta cell": [2], "gamma cell": [3]}
+    labels = list(feature_sets)
+    x, y = [], []
+    for j, lab in enumerate(labels):
+        for _ in range(30):
+            v = np.zeros(8)
+            v[feature_sets[lab]] = 1.0
+            v += 0.15 * rng.normal(size=8)
+            x.append(v / np.linalg.norm(v))
+            y.append(j)
+    feats, y = torch.tensor(np.array(x), dtype=torch.float32), np.array(y)
+    clf = ConceptZeroShot(StubModel(), labels, graph=_graph(), include_parents=True, templates=["{}"])
+    p = clf.predict_proba(feats)
+    assert p.shape == (90, 3) and np.allclose(p.sum(1), 1.0)
+    acc = float((p.argmax(1) == y).mean())
+    assert acc > 0.9  # chance is 1/3
+    # beta is defined partly by an *absent* feature: an image with granular cytoplasm is pushed away from it
+    v = torch.nn.functional.normalize(torch.tensor([[0, 0, 1.0, 0, 0, 0, 0, 0], [1.0, 0, 1.0, 0, 0, 0, 0, 0]]), dim=-1)
+    s = clf.class_scores(v)[:, labels.index("beta cell")]
+    assert s[1] < s[0] - 0.5
+
+
+def test_concept_mode_refuses_a_class_without_defining_concepts():
+    with pytest.raises(ConfigError, match=r"'delta cell' \(t:d\) has no defining concepts"):
+        ConceptZeroShot(StubModel(), ["alpha cell", "delta cell"], graph=_graph(), templates=["{}"])
+    with pytest.raises(ConfigError, match=r"\['omega cell'\] are no concept"):
+        ConceptZeroShot(StubModel(), ["alpha cell", "omega cell"], graph=_graph(), templates=["{}"])
+
+
+def test_unseen_label_gets_ontology_prompts():
+    card = load_card("pathology")
+    graph = card_graph(card)
+    concept = graph["path:morphologic_feature"]
+    assert card.find_label("histomorphology") is None  # not a card label: an unseen class
+    prompts, unknown = build_prompts(["histomorphology", "mucus"], card, graph=graph)
+    assert unknown == []
+    joined = " | ".join(prompts["histomorphology"])
+    assert concept.name in joined and concept.definition.strip().rstrip(".")[:30] in joined
+    _, unknown = build_prompts(["zzz unheard of"], card, graph=graph)
+    assert unknown == ["zzz unheard of"]
