@@ -49,6 +49,9 @@ def eval_zeroshot(
                                                         "shared patients with the eval data (JSON 'overlap') and "
                                                         "embedding near duplicates ('overlap_embedding').")] = None,
     near_dup_threshold: Annotated[float, typer.Option(help="Embedding cosine of a near duplicate.")] = 0.98,
+    mode: Annotated[str, typer.Option(help="prompts (class names) | concepts (the classes' defining ontology "
+                                           "concepts) | both (JSON 'by_mode').")] = "prompts",
+    include_parents: Annotated[bool, typer.Option(help="Concept mode: add the is-a parents' features.")] = False,
 ) -> None:
     import medvlp
     from medvlp.data.manifest import read_manifest
@@ -69,7 +72,8 @@ def eval_zeroshot(
         metrics = evaluate_manifest(m.net, manifest, card=m.card, labels=label_list, n_boot=n_boot, seed=seed,
                                     progress=True, prompt_subsets=prompt_subsets, subset_fraction=subset_fraction,
                                     caption_record=find_caption_record(m.source), train_manifest=train_manifest,
-                                    near_dup_threshold=near_dup_threshold)
+                                    near_dup_threshold=near_dup_threshold, mode=mode,
+                                    include_parents=include_parents)
     _echo_warnings(caught)
     if train_data:
         metrics["overlap"] = _data_overlap(train_data, data)

@@ -82,7 +82,7 @@ class ConceptZeroShot:
 
     def __init__(self, model: Any, labels: Sequence[str], *, card: DomainCard | str | None = None,
                  graph: Any = None, include_parents: bool = False, templates: Sequence[str] | None = None) -> None:
-        from medvlp.eval.zeroshot import DEFAULT_TEMPLATES, check_labels, class_embeddings, default_graph
+        from medvlp.eval.embedding import DEFAULT_TEMPLATES, check_labels, class_embeddings, default_graph
         from medvlp.ontology.prompts import expand_prompts, resolve_label
 
         self.model = model

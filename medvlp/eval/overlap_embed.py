@@ -71,7 +71,7 @@ def manifest_near_duplicates(model: Any, train_manifest: Any, eval_features: Any
     """:func:`embedding_near_duplicates` of a training manifest's images (embedded with ``model``)
     against already computed eval embeddings; unreadable training images are skipped and counted."""
     from medvlp.data.dataset import ImageTextDataset, options_for
-    from medvlp.eval.zeroshot import embed_dataset
+    from medvlp.eval.embedding import embed_dataset
 
     ds = ImageTextDataset(train_manifest, None, options_for(model.spec, card, train=False), train=False,
                           need_captions=False, progress=progress, max_bad_fraction=1.0)

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -24,24 +23,15 @@ import torch
 
 from medvlp.domains import DomainCard, load_card
 from medvlp.errors import ConfigError, DataError
-
-DEFAULT_TEMPLATES = ("a photo of {}.", "an image of {}.", "{}.")
-
-
-def check_labels(labels: Sequence[str]) -> list[str]:
-    """Validate a label list: non-empty, no duplicates (case-insensitive), no blanks."""
-    labels = [str(lab).strip() for lab in labels]
-    if not labels:
-        raise ConfigError("the label list is empty; give at least two labels (e.g. --labels 'normal,pneumonia')")
-    if any(not lab for lab in labels):
-        raise ConfigError(f"the label list {labels} has an empty label")
-    seen: dict[str, str] = {}
-    for lab in labels:
-        key = lab.lower()
-        if key in seen:
-            raise ConfigError(f"duplicate label '{lab}' (same as '{seen[key]}'); each label once")
-        seen[key] = lab
-    return labels
+from medvlp.eval.embedding import (  # noqa: F401 - re-exported: the public names stay importable here
+    DEFAULT_TEMPLATES,
+    _class_embeddings,
+    check_labels,
+    class_embeddings,
+    default_graph,
+    embed_dataset,
+    embed_texts,
+)
 
 
 def build_prompts(
@@ -84,44 +74,6 @@ def build_prompts(
                                   max_synonyms=max_ontology_synonyms)
         prompts[label] = list(dict.fromkeys(out))
     return prompts, unknown
-
-
-def default_graph(card: DomainCard | None) -> Any:
-    """The card's ontology for prompt expansion (:func:`medvlp.ontology.card_graph`, warn-and-go-on mode)."""
-    if card is None:
-        return None
-    from medvlp.ontology import card_graph
-
-    return card_graph(card)
-
-
-@torch.no_grad()
-def embed_texts(model: Any, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Unit text embeddings (N, D) in float32 on the CPU."""
-    dev = next(model.parameters()).device
-    out = []
-    for i in range(0, len(texts), batch_size):
-        tok = model.tokenize(list(texts[i:i + batch_size])).to(dev)
-        out.append(model.encode_text(tok, normalize=True).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
-
-
-def class_embeddings(model: Any, prompt_sets: list[list[str]]) -> torch.Tensor:
-    """Mean of unit prompt embeddings per class, renormalised; cached on the model per prompt set."""
-    cache: dict[str, torch.Tensor] = model.__dict__.setdefault("_medvlp_text_cache", {})
-    key = hashlib.sha256(repr(prompt_sets).encode()).hexdigest()
-    if key not in cache:
-        flat = [p for ps in prompt_sets for p in ps]
-        emb = embed_texts(model, flat)
-        rows, k = [], 0
-        for ps in prompt_sets:
-            rows.append(torch.nn.functional.normalize(emb[k:k + len(ps)].mean(0), dim=-1))
-            k += len(ps)
-        cache[key] = torch.stack(rows)
-    return cache[key]
-
-
-_class_embeddings = class_embeddings  # the older private name (medvlp.explain.heatmaps)
 
 
 class ZeroShotClassifier:
@@ -195,23 +147,6 @@ class ZeroShotClassifier:
             neg = s * feats @ self.neg_weights.T
             return torch.sigmoid((pos - neg) / self.temperature).numpy()
         return torch.softmax(self.logits(feats) / self.temperature, dim=-1).numpy()
-
-
-@torch.no_grad()
-def embed_dataset(model: Any, ds: Any, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """Unit image embeddings of every item of an :class:`ImageTextDataset` (N, D), float32 CPU."""
-    from medvlp.data.dataset import Normalizer, collate
-
-    dev = next(model.parameters()).device
-    norm = Normalizer(ds.opts.mean, ds.opts.std).to(dev)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    it: Any = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(loader, desc="embedding images", unit="batch", leave=False)
-    feats = [model.encode_image(norm(b["image"].to(dev)), normalize=True).float().cpu() for b in it]
-    return torch.cat(feats)
 
 
 SPREAD_METRICS = ("accuracy", "balanced_accuracy", "auroc", "f1_macro")  # the headline metrics of a prompt set
@@ -298,7 +233,8 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
                       batch_size: int = 256, n_boot: int = 1000, seed: int = 0, progress: bool = False,
                       bad_log: Any = None, prompt_subsets: int = 10, subset_fraction: float = 0.5,
                       caption_record: Any = None, train_manifest: Any = None,
-                      near_dup_threshold: float = 0.98) -> dict[str, Any]:
+                      near_dup_threshold: float = 0.98, mode: str = "prompts",
+                      include_parents: bool = False) -> dict[str, Any]:
     """Zero-shot metrics (DESIGN.md metrics JSON) of ``model`` on a labelled manifest.
 
     Without ``labels`` the manifest's distinct labels form the label set. Rows whose labels are not in
@@ -309,7 +245,9 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     ``prompt_overlap`` is the share of the eval prompts that were training captions, from
     ``caption_record`` (a ``captions.json`` path or its dict, see :mod:`medvlp.eval.hygiene`); 0 is a
     clean zero-shot protocol, above 0 a text-supervised one; ``None`` (with ``prompt_overlap_note``)
-    without a record. With ``train_manifest``, ``overlap_embedding`` lists the near duplicates (image
+    without a record. ``mode``: ``prompts`` (class names), ``concepts`` (the classes' defining ontology
+    concepts, :class:`~medvlp.eval.concept_zeroshot.ConceptZeroShot`) or ``both`` (prompts at the top level,
+    each mode's report under ``by_mode``). With ``train_manifest``, ``overlap_embedding`` lists the near duplicates (image
     embedding cosine >= ``near_dup_threshold``) between its images and the evaluated rows.
 
     Raises:
@@ -320,9 +258,18 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     from medvlp.eval.metrics import classification_report
 
     card = load_card(card) if isinstance(card, str) else card
+    if mode not in ("prompts", "concepts", "both"):
+        raise ConfigError(f"unknown zero-shot mode '{mode}'; choose prompts, concepts or both")
     multilabel = manifest.is_multilabel()
+    if multilabel and mode != "prompts":
+        raise ConfigError("concept mode scores single-label classes; use --mode prompts for multi-label findings")
     labels = check_labels(labels if labels is not None else manifest.label_names())
     index = {lab.lower(): k for k, lab in enumerate(labels)}
+    cclf = None
+    if mode != "prompts":
+        from medvlp.eval.concept_zeroshot import ConceptZeroShot
+
+        cclf = ConceptZeroShot(model, labels, card=card, include_parents=include_parents)  # refuses before any image is read
     ds = ImageTextDataset(manifest, None, options_for(model.spec, card, train=False), train=False,
                           need_captions=False, progress=progress, max_bad_fraction=1.0, bad_log=bad_log)
     if len(ds.bad) == len(manifest):
@@ -330,6 +277,8 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     feats = embed_dataset(model, ds, batch_size=batch_size, progress=progress)
     clf = ZeroShotClassifier(model, labels, card=card, multilabel=multilabel)
     probs = clf.predict_proba(feats)
+    if mode == "concepts":
+        clf, probs = cclf, cclf.predict_proba(feats)
     keep, y = [], []
     outside: dict[str, int] = {}
     for k in range(len(ds)):
@@ -367,8 +316,17 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     report["n_excluded"] = len(ds) - len(keep)
     report["excluded_labels"] = outside
     report["n_unreadable"] = len(ds.bad)
-    report["prompts_per_label"] = {lab: len(clf.prompts[lab]) for lab in labels}
+    report["prompts_per_label"] = {lab: len(clf.prompts[lab]) for lab in labels} if mode != "concepts" else \
+        {lab: sum(len(clf.prompts[c]) for c in d["present"] + d["absent"]) for lab, d in clf.definitions.items()}
     report["unknown_labels"] = clf.unknown_labels
+    report["mode"] = mode
+    if cclf is not None:
+        report["concepts_per_label"] = cclf.definitions
+    if mode == "both":
+        c_rep = classification_report(y_arr, cclf.predict_proba(feats)[keep], labels, groups=groups, n_boot=n_boot,
+                                      seed=seed)
+        report["by_mode"] = {"prompts": {k: v for k, v in report.items() if k != "concepts_per_label"},
+                             "concepts": c_rep}
     report.update(_overlap_fields(clf, caption_record))
     if train_manifest is not None:
         from medvlp.eval.overlap_embed import manifest_near_duplicates
@@ -378,7 +336,7 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
         eval_rows = [ds.row_of(k) for k in keep]
         near["pairs"] = [[t, eval_rows[e], c] for t, e, c in near["pairs"]]
         report["overlap_embedding"] = near
-    if prompt_subsets > 0:
+    if prompt_subsets > 0 and mode != "concepts":
         report["prompt_spread"] = prompt_spread(model, feats[keep], y_arr, labels, card=card, multilabel=multilabel,
                                                 n_subsets=prompt_subsets, fraction=subset_fraction, seed=seed)
     return report

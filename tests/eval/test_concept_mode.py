@@ -102,3 +102,55 @@ def test_unseen_label_gets_ontology_prompts():
     assert concept.name in joined and concept.definition.strip().rstrip(".")[:30] in joined
     _, unknown = build_prompts(["zzz unheard of"], card, graph=graph)
     assert unknown == ["zzz unheard of"]
+
+
+# ---- through `medvlp eval zeroshot --mode` ------------------------------------------------
+
+
+def _cli_setup(tmp_path):
+    from PIL import Image
+
+    from medvlp.models import create_model
+
+    create_model("tiny", seed=0).save(tmp_path / "model", extra={"domain": "pathology"})
+    rng = np.random.default_rng(0)
+    rows = ["image,label"]
+    for i in range(8):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(tmp_path / f"i{i}.png")
+        rows.append(f"i{i}.png,{'mucus' if i % 2 else 'debris'}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "model", tmp_path / "m.csv"
+
+
+def _main(argv, capsys):
+    from medvlp.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return int(info.value.code or 0), capsys.readouterr().err
+
+
+def test_eval_zeroshot_concept_mode_refusal_and_both(tmp_path, capsys, monkeypatch):
+    import json
+
+    from medvlp.eval import embedding as zs
+
+    model, data = _cli_setup(tmp_path)
+    args = ["eval", "zeroshot", "--model", str(model), "--data", str(data), "--n-boot", "0", "--prompt-subsets", "0"]
+    code, err = _main([*args, "--mode", "concepts"], capsys)  # the pathology card defines no class by features
+    assert code == 1 and err.count("\n") == 1 and err.startswith("medvlp: error: concept mode: class 'debris'")
+    card = load_card("pathology")
+    base = card_graph(card)
+    feats = [Concept("t:f0", "mucin pools"), Concept("t:f1", "necrotic fragments")]
+    defined = {card.find_label("mucus").concept: "t:f0", card.find_label("debris").concept: "t:f1"}
+    concepts = [Concept(c.id, c.name, list(c.synonyms), c.definition, parents=list(c.parents),
+                        relations=[*c.relations, *([("has_feature", defined[c.id])] if c.id in defined else [])])
+                for c in base] + feats
+    monkeypatch.setattr(zs, "default_graph", lambda card: ConceptGraph(concepts))
+    out = tmp_path / "both.json"
+    code, err = _main([*args, "--mode", "both", "--json", str(out)], capsys)
+    assert code == 0, err
+    rep = json.loads(out.read_text())
+    assert rep["mode"] == "both" and set(rep["by_mode"]) == {"prompts", "concepts"}
+    assert rep["by_mode"]["concepts"]["n"] == 8 and "accuracy" in rep["by_mode"]["concepts"]
+    assert rep["concepts_per_label"]["mucus"]["present"] == ["t:f0"]
