@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from medvlp.cli import eval_extra
-from medvlp.errors import ImageReadError, MedvlpError
+from medvlp.errors import ConfigError, ImageReadError, MedvlpError
 
 if TYPE_CHECKING:
     from medvlp.api import Model
@@ -134,6 +134,8 @@ def zeroshot(
     json_out: Annotated[str | None, typer.Option("--json", help="Write results (a list, one per image).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    mode: Annotated[str, typer.Option(help="prompts (class names) | concepts (the classes' defining ontology "
+                                           "concepts).")] = "prompts",
 ) -> None:
     """Zero-shot diagnosis of images.
 
@@ -147,10 +149,17 @@ def zeroshot(
     label_list = _labels(labels)
     if label_list is not None:
         check_labels(label_list)  # empty or duplicate labels fail before the model is loaded
+    if mode not in ("prompts", "concepts"):
+        raise ConfigError(f"unknown --mode '{mode}'; choose prompts or concepts")
     m = medvlp.load(model, domain=domain, device=device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clf = m.classifier(label_list)
+        if mode == "concepts":
+            from medvlp.eval.concept_zeroshot import ConceptZeroShot
+
+            clf = ConceptZeroShot(m.net, label_list or m.card.label_set().names, card=m.card)
+        else:
+            clf = m.classifier(label_list)
     _echo_warnings(caught)
     results: list[dict] = []
     failed = 0
@@ -190,7 +199,14 @@ def _score_chunk(m: Model, clf: Any, paths: list[str]) -> list[dict]:
             out.append({"image": path, "error": reason, "probabilities": {}, "top_label": None,
                         "prediction_set": [], "calibrated": False})
     if pixels:
-        probs = clf.predict_proba(m.embed_pixels(torch.stack(pixels)))
+        px = torch.stack(pixels)
+        head = getattr(m.net, "concept_head", None)
+        if hasattr(clf, "concepts") and head is not None:  # concept mode scores the head's best patch
+            with torch.no_grad():
+                feats, tokens = m.net.encode_image(m.normalize(px), return_tokens=True)
+                probs = clf.predict_proba(feats.float().cpu(), head(tokens).float().cpu())
+        else:
+            probs = clf.predict_proba(m.embed_pixels(px))
         scored = iter(m.result(p, px1, pr, clf).to_dict() for p, px1, pr in zip(ok, pixels, probs, strict=True))
         out = [o if o is not None else next(scored) for o in out]
     return out

@@ -143,14 +143,33 @@ class ConceptZeroShot:
             return sim.max(dim=1).values.numpy().astype(np.float64)
         return (image_features.float().cpu() @ w.T).numpy().astype(np.float64)
 
-    def class_scores(self, image_features: torch.Tensor, patch_embeddings: torch.Tensor | None = None) -> np.ndarray:
+    @torch.no_grad()
+    def head_concept_scores(self, ds: Any, batch_size: int = 64) -> np.ndarray | None:
+        """(N, K) best-patch concept scores of a dataset through the model's concept head; None without a head."""
+        head = getattr(self.model, "concept_head", None)
+        if head is None:
+            return None
+        from medvlp.data.dataset import Normalizer, collate
+
+        dev = next(self.model.parameters()).device
+        norm = Normalizer(ds.opts.mean, ds.opts.std).to(dev)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
+        out = []
+        for b in loader:
+            feats, tokens = self.model.encode_image(norm(b["image"].to(dev)), return_tokens=True)
+            out.append(self.concept_scores(feats, head(tokens).cpu()))
+        return np.concatenate(out)
+
+    def class_scores(self, image_features: torch.Tensor | None, patch_embeddings: torch.Tensor | None = None, *,
+                     concept_scores: np.ndarray | None = None) -> np.ndarray:
         """(N, C): mean centred score of each class's presence concepts minus that of its absence concepts."""
-        s = self.concept_scores(image_features, patch_embeddings)
+        s = concept_scores if concept_scores is not None else self.concept_scores(image_features, patch_embeddings)
         s = s - s.mean(axis=1, keepdims=True)
         return s @ self._plus.T - s @ self._minus.T
 
-    def predict_proba(self, image_features: torch.Tensor, patch_embeddings: torch.Tensor | None = None) -> np.ndarray:
-        z = self.logit_scale * self.class_scores(image_features, patch_embeddings)
+    def predict_proba(self, image_features: torch.Tensor | None, patch_embeddings: torch.Tensor | None = None, *,
+                      concept_scores: np.ndarray | None = None) -> np.ndarray:
+        z = self.logit_scale * self.class_scores(image_features, patch_embeddings, concept_scores=concept_scores)
         z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)

@@ -277,8 +277,12 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     feats = embed_dataset(model, ds, batch_size=batch_size, progress=progress)
     clf = ZeroShotClassifier(model, labels, card=card, multilabel=multilabel)
     probs = clf.predict_proba(feats)
+    cprobs = None
+    if cclf is not None:  # the concept head's best patch when the model has one, else global similarities
+        head_scores = cclf.head_concept_scores(ds, batch_size=batch_size)
+        cprobs = cclf.predict_proba(feats, concept_scores=head_scores)
     if mode == "concepts":
-        clf, probs = cclf, cclf.predict_proba(feats)
+        clf, probs = cclf, cprobs
     keep, y = [], []
     outside: dict[str, int] = {}
     for k in range(len(ds)):
@@ -323,7 +327,7 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     if cclf is not None:
         report["concepts_per_label"] = cclf.definitions
     if mode == "both":
-        c_rep = classification_report(y_arr, cclf.predict_proba(feats)[keep], labels, groups=groups, n_boot=n_boot,
+        c_rep = classification_report(y_arr, cprobs[keep], labels, groups=groups, n_boot=n_boot,
                                       seed=seed)
         report["by_mode"] = {"prompts": {k: v for k, v in report.items() if k != "concepts_per_label"},
                              "concepts": c_rep}

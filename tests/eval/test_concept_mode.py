@@ -154,3 +154,61 @@ def test_eval_zeroshot_concept_mode_refusal_and_both(tmp_path, capsys, monkeypat
     assert rep["mode"] == "both" and set(rep["by_mode"]) == {"prompts", "concepts"}
     assert rep["by_mode"]["concepts"]["n"] == 8 and "accuracy" in rep["by_mode"]["concepts"]
     assert rep["concepts_per_label"]["mucus"]["present"] == ["t:f0"]
+
+
+def test_concept_head_scores_use_the_best_patch():
+    clf = ConceptZeroShot(StubModel(), ["alpha cell", "beta cell", "gamma cell"], graph=_graph(), templates=["{}"])
+    # global features say nothing; one patch of image 0 shows 'pale cytoplasm' (gamma's feature)
+    feats = torch.zeros(2, 8)
+    patches = torch.zeros(2, 3, 8)
+    patches[0, 1, 3] = 1.0
+    patches[1, 2, 2] = 1.0  # image 1: a 'round nucleus' patch (beta)
+    k = {c: i for i, c in enumerate(clf.concepts)}
+    s = clf.concept_scores(feats, patches)
+    assert s[0, k["t:f3"]] == pytest.approx(float(clf.weights[k["t:f3"], 3]))
+    assert clf.predict_proba(feats, patches).argmax(1).tolist() == [2, 1]
+    assert np.allclose(clf.predict_proba(None, concept_scores=s), clf.predict_proba(feats, patches))
+
+
+def test_evaluate_manifest_concept_mode_through_a_concept_head(tmp_path, monkeypatch):
+    from medvlp.data.dataset import ImageTextDataset, options_for
+    from medvlp.data.manifest import read_manifest
+    from medvlp.eval import embedding
+    from medvlp.eval.zeroshot import evaluate_manifest
+    from medvlp.models import create_model
+
+    _, data = _cli_setup(tmp_path)
+    card = load_card("pathology")
+    g = ConceptGraph([Concept("t:f0", "mucin pools"), Concept("t:f1", "necrotic fragments"),
+                      Concept("t:m", "mucus", relations=[("has_feature", "t:f0")]),
+                      Concept("t:d", "debris", relations=[("has_feature", "t:f1")])])
+    monkeypatch.setattr(embedding, "default_graph", lambda card: g)
+    net = create_model("tiny", seed=0, concept_head=True)
+    m = read_manifest(data)
+    rep = evaluate_manifest(net, m, card=card, mode="concepts", n_boot=0, prompt_subsets=0)
+    assert rep["mode"] == "concepts" and rep["n"] == 8 and "prompt_spread" not in rep
+    clf = ConceptZeroShot(net, ["mucus", "debris"], card=card, graph=g)
+    ds = ImageTextDataset(m, None, options_for(net.spec, card, train=False), train=False, need_captions=False,
+                          progress=False, max_bad_fraction=1.0)
+    head = clf.head_concept_scores(ds)
+    assert head.shape == (8, 2) and np.all(np.isfinite(head))
+
+
+def test_medvlp_zeroshot_concept_mode(tmp_path, capsys, monkeypatch):
+    from medvlp.eval import embedding
+
+    model, _ = _cli_setup(tmp_path)
+    code, err = _main(["zeroshot", str(tmp_path / "i0.png"), "--model", str(model), "--labels", "mucus,debris",
+                       "--mode", "concepts"], capsys)
+    assert code == 1 and "has no defining concepts" in err and err.count("\n") == 1
+    g = ConceptGraph([Concept("t:f0", "mucin pools"), Concept("t:f1", "necrotic fragments"),
+                      Concept("t:m", "mucus", relations=[("has_feature", "t:f0")]),
+                      Concept("t:d", "debris", relations=[("has_feature", "t:f1")])])
+    monkeypatch.setattr(embedding, "default_graph", lambda card: g)
+    from medvlp.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["zeroshot", str(tmp_path / "i0.png"), "--model", str(model), "--labels", "mucus,debris",
+              "--mode", "concepts"])
+    out = capsys.readouterr().out
+    assert int(info.value.code or 0) == 0 and "i0.png" in out and ("mucus" in out or "debris" in out)
