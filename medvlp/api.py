@@ -71,8 +71,12 @@ class Model:
         return next(self.net.parameters()).device
 
     # -- inputs -------------------------------------------------------------------------------
-    def _pixels(self, image: Any) -> torch.Tensor:
-        """uint8 (3, S, S) tensor from a path, PIL image or array, preprocessed as in training."""
+    def pixels(self, image: Any) -> torch.Tensor:
+        """uint8 (3, S, S) tensor from a path, PIL image or array, preprocessed as in training.
+
+        Raises:
+            ImageReadError: the file cannot be read as an image.
+        """
         from medvlp.data.dataset import load_as_array, to_square
 
         if isinstance(image, (str, Path)):
@@ -83,6 +87,17 @@ class Model:
             arr = np.asarray(to_square(img, self.opts.size, self.opts.pad_to_square), dtype=np.uint8)
         return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1)  # a writable copy
 
+    _pixels = pixels  # the older private name, still used by medvlp.explain
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, S, S) pixels -> the float input of the image tower (on the model's device)."""
+        return self._norm.to(self.device)(pixels.to(self.device))
+
+    @torch.no_grad()
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unit image embeddings (N, D), float32 on the CPU, of uint8 (N, 3, S, S) pixels from :meth:`pixels`."""
+        return self.net.encode_image(self.normalize(pixels), normalize=True).float().cpu()
+
     @torch.no_grad()
     def embed_images(self, images: Sequence[Any] | Any, batch_size: int = 128) -> torch.Tensor:
         """Unit image embeddings (N, D) for paths / PIL images / arrays."""
@@ -90,8 +105,7 @@ class Model:
             images = [images]
         out = []
         for i in range(0, len(images), batch_size):
-            px = torch.stack([self._pixels(im) for im in images[i:i + batch_size]]).to(self.device)
-            out.append(self.net.encode_image(self._norm.to(self.device)(px), normalize=True).float().cpu())
+            out.append(self.embed_pixels(torch.stack([self.pixels(im) for im in images[i:i + batch_size]])))
         return torch.cat(out)
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
@@ -116,17 +130,14 @@ class Model:
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         clf = self.classifier(labels, multilabel=multilabel)
-        pixels = [self._pixels(im) for im in items]
-        with torch.no_grad():
-            px = torch.stack(pixels).to(self.device)
-            feats = self.net.encode_image(self._norm.to(self.device)(px), normalize=True).float().cpu()
-        probs = clf.predict_proba(feats)
-        results = []
-        for im, px1, p in zip(items, pixels, probs, strict=False):
-            results.append(self._result(im, px1, p, clf))
+        pixels = [self.pixels(im) for im in items]
+        probs = clf.predict_proba(self.embed_pixels(torch.stack(pixels)))
+        results = [self.result(im, px1, p, clf) for im, px1, p in zip(items, pixels, probs, strict=True)]
         return results[0] if single else results
 
-    def _result(self, image: Any, pixels: torch.Tensor, p: np.ndarray, clf: Any) -> DiagnosisResult:
+    def result(self, image: Any, pixels: torch.Tensor, p: np.ndarray, clf: Any) -> DiagnosisResult:
+        """The :class:`DiagnosisResult` of one image from its class probabilities ``p`` under ``clf``
+        (prediction set from the calibration when there is one)."""
         labels = clf.labels
         probs = {lab: float(v) for lab, v in zip(labels, p, strict=False)}
         top = labels[int(np.argmax(p))]
@@ -150,6 +161,8 @@ class Model:
                                probabilities=probs, top_label=top, prediction_set=pset, calibrated=calibrated,
                                multilabel=clf.multilabel, coverage=coverage, unknown_labels=clf.unknown_labels,
                                _model=self, _pixels=pixels)
+
+    _result = result  # the older private name
 
     # -- calibration --------------------------------------------------------------------------
     def calibrate(self, manifest: str | Path, labels: Sequence[str] | None = None, *, coverage: float = 0.9,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from medvlp.cli import eval_extra
-from medvlp.errors import ImageReadError, MedvlpError
+from medvlp.errors import ConfigError, ImageReadError, MedvlpError
+
+if TYPE_CHECKING:
+    from medvlp.api import Model
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -42,9 +45,17 @@ def eval_zeroshot(
     prompt_subsets: Annotated[int, typer.Option(help="Random template subsets for the prompt spread (0: off).")] = 10,
     subset_fraction: Annotated[float, typer.Option(help="Share of the templates in each subset.")] = 0.5,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    train_data: Annotated[str | None, typer.Option(help="Training manifest: report exact/near duplicates and "
+                                                        "shared patients with the eval data (JSON 'overlap') and "
+                                                        "embedding near duplicates ('overlap_embedding').")] = None,
+    near_dup_threshold: Annotated[float, typer.Option(help="Embedding cosine of a near duplicate.")] = 0.98,
+    mode: Annotated[str, typer.Option(help="prompts (class names) | concepts (the classes' defining ontology "
+                                           "concepts) | both (JSON 'by_mode').")] = "prompts",
+    include_parents: Annotated[bool, typer.Option(help="Concept mode: add the is-a parents' features.")] = False,
 ) -> None:
     import medvlp
     from medvlp.data.manifest import read_manifest
+    from medvlp.eval.hygiene import find_caption_record
     from medvlp.eval.zeroshot import evaluate_manifest, format_spread
     from medvlp.train.loop import format_metrics
 
@@ -55,11 +66,18 @@ def eval_zeroshot(
         check_labels(label_list)  # fail before loading the model
     m = medvlp.load(model, domain=domain, device=device)
     manifest = read_manifest(data)
+    train_manifest = read_manifest(train_data) if train_data else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         metrics = evaluate_manifest(m.net, manifest, card=m.card, labels=label_list, n_boot=n_boot, seed=seed,
-                                    progress=True, prompt_subsets=prompt_subsets, subset_fraction=subset_fraction)
+                                    progress=True, prompt_subsets=prompt_subsets, subset_fraction=subset_fraction,
+                                    caption_record=find_caption_record(m.source), train_manifest=train_manifest,
+                                    near_dup_threshold=near_dup_threshold, mode=mode,
+                                    include_parents=include_parents)
     _echo_warnings(caught)
+    if train_data:
+        metrics["overlap"] = _data_overlap(train_data, data)
+    _echo_hygiene(metrics)
     typer.echo(format_metrics(metrics, title=f"zero-shot on {data} (n={metrics['n']})"))
     if "prompt_spread" in metrics:
         typer.echo(format_spread(metrics["prompt_spread"]))
@@ -68,6 +86,30 @@ def eval_zeroshot(
         typer.echo(f"note: {metrics['n_excluded']} rows had labels outside the label set and were left out: {outside}",
                    err=True)
     _write_json(metrics, json_out)
+
+
+def _data_overlap(train: str, evaluated: str) -> dict:
+    """``medvlp.data.overlap.find_overlap(train, eval).to_dict()``, or a note when that module is absent."""
+    try:
+        from medvlp.data.overlap import find_overlap
+    except ImportError as e:
+        return {"available": False, "note": f"pixel/perceptual duplicate search unavailable ({e})"}
+    return find_overlap(train, evaluated).to_dict()
+
+
+def _echo_hygiene(metrics: dict) -> None:
+    """Warn on stderr when eval prompts were training captions, or when the protocol cannot be checked."""
+    overlap = metrics.get("prompt_overlap")
+    if overlap is None:
+        typer.echo(f"note: prompt_overlap unknown: {metrics.get('prompt_overlap_note', '')}", err=True)
+    elif overlap > 0:
+        ex = "; ".join(repr(p) for p in metrics.get("prompt_overlap_examples", [])[:3])
+        typer.echo(f"warning: {overlap:.0%} of the eval prompts were training captions ({ex}): these prompts "
+                   "were training captions: this is a text-supervised result, not zero-shot", err=True)
+    near = metrics.get("overlap_embedding")
+    if near and near["n_eval_rows"]:
+        typer.echo(f"warning: {near['n_eval_rows']} eval rows have a training image with embedding cosine >= "
+                   f"{near['threshold']:g} (near duplicates; see 'overlap_embedding')", err=True)
 
 
 def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:
@@ -92,6 +134,8 @@ def zeroshot(
     json_out: Annotated[str | None, typer.Option("--json", help="Write results (a list, one per image).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+    mode: Annotated[str, typer.Option(help="prompts (class names) | concepts (the classes' defining ontology "
+                                           "concepts).")] = "prompts",
 ) -> None:
     """Zero-shot diagnosis of images.
 
@@ -105,10 +149,17 @@ def zeroshot(
     label_list = _labels(labels)
     if label_list is not None:
         check_labels(label_list)  # empty or duplicate labels fail before the model is loaded
+    if mode not in ("prompts", "concepts"):
+        raise ConfigError(f"unknown --mode '{mode}'; choose prompts or concepts")
     m = medvlp.load(model, domain=domain, device=device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clf = m.classifier(label_list)
+        if mode == "concepts":
+            from medvlp.eval.concept_zeroshot import ConceptZeroShot
+
+            clf = ConceptZeroShot(m.net, label_list or m.card.label_set().names, card=m.card)
+        else:
+            clf = m.classifier(label_list)
     _echo_warnings(caught)
     results: list[dict] = []
     failed = 0
@@ -133,14 +184,14 @@ def zeroshot(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def _score_chunk(m: object, clf: object, paths: list[str]) -> list[dict]:
+def _score_chunk(m: Model, clf: Any, paths: list[str]) -> list[dict]:
     """Read (each image once), embed and score a chunk; unreadable images become ``error`` entries."""
     import torch
 
     pixels, ok, out = [], [], []
     for path in paths:
         try:
-            pixels.append(m._pixels(path))  # type: ignore[attr-defined]
+            pixels.append(m.pixels(path))
             ok.append(path)
             out.append(None)
         except (MedvlpError, OSError, ValueError) as e:
@@ -148,13 +199,15 @@ def _score_chunk(m: object, clf: object, paths: list[str]) -> list[dict]:
             out.append({"image": path, "error": reason, "probabilities": {}, "top_label": None,
                         "prediction_set": [], "calibrated": False})
     if pixels:
-        net, dev = m.net, m.device  # type: ignore[attr-defined]
-        with torch.no_grad():
-            px = torch.stack(pixels).to(dev)
-            feats = net.encode_image(m._norm.to(dev)(px), normalize=True).float().cpu()  # type: ignore[attr-defined]
-        probs = clf.predict_proba(feats)  # type: ignore[attr-defined]
-        scored = iter(m._result(p, px1, pr, clf).to_dict()  # type: ignore[attr-defined]
-                      for p, px1, pr in zip(ok, pixels, probs, strict=True))
+        px = torch.stack(pixels)
+        head = getattr(m.net, "concept_head", None)
+        if hasattr(clf, "concepts") and head is not None:  # concept mode scores the head's best patch
+            with torch.no_grad():
+                feats, tokens = m.net.encode_image(m.normalize(px), return_tokens=True)
+                probs = clf.predict_proba(feats.float().cpu(), head(tokens).float().cpu())
+        else:
+            probs = clf.predict_proba(m.embed_pixels(px))
+        scored = iter(m.result(p, px1, pr, clf).to_dict() for p, px1, pr in zip(ok, pixels, probs, strict=True))
         out = [o if o is not None else next(scored) for o in out]
     return out
 

@@ -35,8 +35,18 @@ for _module, _name, _help in _GROUPS:
     app.add_typer(importlib.import_module(_module).app, name=_name, help=_help)
 
 
+def error_line(err: BaseException) -> str:
+    """The one stderr line of a user error: ``medvlp: error: <reason>`` (whitespace folded)."""
+    return f"medvlp: error: {' '.join(str(err).split())}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors print one line on stderr and exit 1; never a traceback."""
+    """Entry point, and the one CLI error handler.
+
+    Every :class:`~medvlp.errors.MedvlpError` a command raises prints one line ``medvlp: error: <reason>``
+    on stderr and exits 1 (commands that report partial results exit 2 themselves through ``typer.Exit``);
+    usage errors keep click's message and exit code; any other exception keeps its traceback (a bug).
+    """
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="medvlp")
     except click.exceptions.Exit as e:
@@ -48,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         print("medvlp: aborted", file=sys.stderr)
         sys.exit(130)
     except MedvlpError as e:
-        print(f"medvlp: error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("medvlp: interrupted", file=sys.stderr)

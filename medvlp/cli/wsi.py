@@ -87,12 +87,8 @@ def tile(
     """Tile each slide; print one summary line per slide and a total."""
     from medvlp.io.wsi import draw_tiles, lookup_mpp, open_slide, tile_coords, write_tiles_h5
 
-    try:
-        mpp_value, mpp_table = _parse_mpp(mpp)
-        names = _output_names(slides)
-    except MedvlpError as e:
-        typer.echo(f"medvlp: error: {_one_line(e)}", err=True)
-        raise typer.Exit(1) from None
+    mpp_value, mpp_table = _parse_mpp(mpp)  # a bad argument raises: the CLI's handler prints one line, exit 1
+    names = _output_names(slides)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     n_ok, n_tiles, failed = 0, 0, []
@@ -114,7 +110,7 @@ def tile(
                     draw_tiles(result, thumb).save(out / f"{slide_path.stem}_tiles.png")
         except MedvlpError as e:
             failed.append(slide_path)
-            typer.echo(f"medvlp: error: {_one_line(e)}", err=True)
+            typer.echo(f"medvlp: error: {_one_line(e)}", err=True)  # this slide failed; the others go on
             continue
         n_ok += 1
         n_tiles += len(result)

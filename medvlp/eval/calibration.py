@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from medvlp.errors import ConfigError, DataError
+from medvlp.eval.checks import finite_matrix
 
 __all__ = [
     "ConformalPredictor",
@@ -46,13 +47,7 @@ _LOG_T_BOUNDS = (math.log(1e-3), math.log(1e3))
 
 
 def _as_2d(name: str, a: Any) -> np.ndarray:
-    x = np.asarray(a, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] < 1:
-        raise DataError(f"{name} must be a non-empty (N, C) matrix; got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        row = int(np.argwhere(~np.isfinite(x))[0][0])
-        raise DataError(f"{name} has a NaN or infinite value at row {row}: remove or fix that row")
-    return x
+    return finite_matrix(name, a, what="(N, C)")
 
 
 def _targets(y: Any, shape: tuple[int, int]) -> tuple[np.ndarray, bool]:

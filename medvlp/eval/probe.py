@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from medvlp.errors import ConfigError, DataError
+from medvlp.eval.checks import finite_matrix
 from medvlp.eval.metrics import classification_report
 
 __all__ = ["C_GRID", "DEFAULT_C", "evaluate_linear_probe", "few_shot", "fit_linear_probe", "linear_probe"]
@@ -37,11 +38,7 @@ _MAX_ITER = 2000
 
 
 def _features(name: str, x: Any) -> np.ndarray:
-    a = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] == 0:
-        raise DataError(f"{name} must be a non-empty (N, D) matrix; got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise DataError(f"{name} has NaN or infinite values at row {int(np.argwhere(~np.isfinite(a))[0][0])}")
+    a = finite_matrix(name, x)
     return a
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from medvlp.errors import DataError, MedvlpError
+from medvlp.eval.checks import finite_matrix
 from medvlp.eval.metrics import retrieval_report
 
 __all__ = [
@@ -70,11 +71,7 @@ def captions_to_gallery(
 
 
 def _unit(name: str, x: Any) -> np.ndarray:
-    a = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
-    if a.ndim != 2 or a.shape[0] == 0:
-        raise DataError(f"{name} must be a non-empty (N, D) matrix; got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise DataError(f"{name} has NaN or infinite values at row {int(np.argwhere(~np.isfinite(a))[0][0])}")
+    a = finite_matrix(name, x)
     norm = np.linalg.norm(a, axis=1, keepdims=True)
     if np.any(norm == 0):
         raise DataError(f"{name} row {int(np.flatnonzero(norm[:, 0] == 0)[0])} is an all-zero embedding")

@@ -327,7 +327,7 @@ def write_heatmaps(slide_path: str | Path, plan: Any, tile_probs: np.ndarray, la
                    out_dir: str | Path, *, max_size: int = 1024, cmap: str = "inferno",
                    alpha: float = 0.5) -> dict[str, str]:
     """One PNG per label, ``<stem>__<label>.png``: tile probabilities over the slide thumbnail."""
-    from medvlp.explain.slide import slide_heatmap
+    from medvlp.eval.slide_maps import slide_heatmap
     from medvlp.io.wsi import open_slide
 
     out = Path(out_dir)

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -24,24 +23,15 @@ import torch
 
 from medvlp.domains import DomainCard, load_card
 from medvlp.errors import ConfigError, DataError
-
-DEFAULT_TEMPLATES = ("a photo of {}.", "an image of {}.", "{}.")
-
-
-def check_labels(labels: Sequence[str]) -> list[str]:
-    """Validate a label list: non-empty, no duplicates (case-insensitive), no blanks."""
-    labels = [str(lab).strip() for lab in labels]
-    if not labels:
-        raise ConfigError("the label list is empty; give at least two labels (e.g. --labels 'normal,pneumonia')")
-    if any(not lab for lab in labels):
-        raise ConfigError(f"the label list {labels} has an empty label")
-    seen: dict[str, str] = {}
-    for lab in labels:
-        key = lab.lower()
-        if key in seen:
-            raise ConfigError(f"duplicate label '{lab}' (same as '{seen[key]}'); each label once")
-        seen[key] = lab
-    return labels
+from medvlp.eval.embedding import (  # noqa: F401 - re-exported: the public names stay importable here
+    DEFAULT_TEMPLATES,
+    _class_embeddings,
+    check_labels,
+    class_embeddings,
+    default_graph,
+    embed_dataset,
+    embed_texts,
+)
 
 
 def build_prompts(
@@ -51,53 +41,39 @@ def build_prompts(
     templates: Sequence[str] | None = None,
     graph: Any = None,
     max_ontology_synonyms: int = 3,
+    definitions: bool = True,
 ) -> tuple[dict[str, list[str]], list[str]]:
     """Prompt sets per label and the labels that had no concept (their raw text is used).
 
     Names come from the card's label (name + synonyms), then up to ``max_ontology_synonyms`` synonyms
-    of its concept in ``graph``; every name is put in every template.
+    of its concept in ``graph``; every name is put in every template. A label the card does not know
+    but ``graph`` does (a name or synonym of a concept: an unseen class) gets its concept's name and
+    synonyms. With ``definitions``, a concept's definition adds ``"<name>, <definition>"`` prompts.
     """
+    from medvlp.ontology.prompts import expand_prompts, resolve_label
+
     templates = list(templates or (card.prompts.templates if card else DEFAULT_TEMPLATES))
     prompts: dict[str, list[str]] = {}
     unknown: list[str] = []
     for label in labels:
         names = [label]
         lab = card.find_label(label) if card else None
+        concept = None
         if lab is not None:
             names += list(lab.names)
-            if graph is not None and lab.concept in graph:
-                names += list(graph[lab.concept].synonyms)[:max_ontology_synonyms]
-        else:
+            if graph is not None and lab.concept and lab.concept in graph:
+                concept = graph[lab.concept]
+        elif graph is not None:
+            concept = resolve_label(label, graph)
+        if concept is None and lab is None:
             unknown.append(label)
         names = list(dict.fromkeys(n for n in names if n))
-        prompts[label] = list(dict.fromkeys(t.format(n) for n in names for t in templates))
+        out = [t.format(n) for n in names for t in templates]
+        if concept is not None:
+            out += expand_prompts(concept, graph, templates, include_definition=definitions,
+                                  max_synonyms=max_ontology_synonyms)
+        prompts[label] = list(dict.fromkeys(out))
     return prompts, unknown
-
-
-@torch.no_grad()
-def embed_texts(model: Any, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Unit text embeddings (N, D) in float32 on the CPU."""
-    dev = next(model.parameters()).device
-    out = []
-    for i in range(0, len(texts), batch_size):
-        tok = model.tokenize(list(texts[i:i + batch_size])).to(dev)
-        out.append(model.encode_text(tok, normalize=True).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
-
-
-def _class_embeddings(model: Any, prompt_sets: list[list[str]]) -> torch.Tensor:
-    """Mean of unit prompt embeddings per class, renormalised; cached on the model per prompt set."""
-    cache: dict[str, torch.Tensor] = model.__dict__.setdefault("_medvlp_text_cache", {})
-    key = hashlib.sha256(repr(prompt_sets).encode()).hexdigest()
-    if key not in cache:
-        flat = [p for ps in prompt_sets for p in ps]
-        emb = embed_texts(model, flat)
-        rows, k = [], 0
-        for ps in prompt_sets:
-            rows.append(torch.nn.functional.normalize(emb[k:k + len(ps)].mean(0), dim=-1))
-            k += len(ps)
-        cache[key] = torch.stack(rows)
-    return cache[key]
 
 
 class ZeroShotClassifier:
@@ -108,14 +84,15 @@ class ZeroShotClassifier:
         labels: class names; card labels get their synonyms, unknown ones are used as raw text.
         card: domain card (name or object) giving templates, synonyms and positive/negative pairs.
         multilabel: score each label independently with positive/negative prompt pairs.
-        graph: optional concept graph adding ontology synonyms to each prompt set.
+        graph: concept graph adding ontology synonyms and definitions to each prompt set, and prompts for
+            labels the card lacks; ``"card"`` (default) = the card's ontology, None = none.
         templates: prompt templates (default: the card's, else :data:`DEFAULT_TEMPLATES`).
         pairs: positive/negative template pairs for multi-label scoring (default: the card's).
         temperature: divide logits by this (from calibration); 1.0 = uncalibrated.
     """
 
     def __init__(self, model: Any, labels: Sequence[str], *, card: DomainCard | str | None = None,
-                 multilabel: bool = False, graph: Any = None, templates: Sequence[str] | None = None,
+                 multilabel: bool = False, graph: Any = "card", templates: Sequence[str] | None = None,
                  pairs: Sequence[tuple[str, str]] | None = None, temperature: float = 1.0) -> None:
         self.model = model
         self.labels = check_labels(labels)
@@ -125,6 +102,9 @@ class ZeroShotClassifier:
                 "multi-label scoring (positive/negative prompts)"
             )
         self.card = load_card(card) if isinstance(card, str) else card
+        if isinstance(graph, str) and graph == "card":
+            graph = default_graph(self.card)
+        self.graph = graph
         self.multilabel = multilabel
         self.temperature = float(temperature)
         self.prompts, self.unknown_labels = build_prompts(self.labels, self.card, templates=templates, graph=graph)
@@ -133,7 +113,7 @@ class ZeroShotClassifier:
                 f"labels without a concept in the domain card, used as raw text: {self.unknown_labels}",
                 stacklevel=2,
             )
-        self.weights = _class_embeddings(model, [self.prompts[lab] for lab in self.labels])
+        self.weights = class_embeddings(model, [self.prompts[lab] for lab in self.labels])
         if multilabel:
             if pairs is None:
                 pairs = self.card.prompts.pairs if self.card else (("{}", "no {}"),)
@@ -142,8 +122,14 @@ class ZeroShotClassifier:
                 names = self.card.find_label(lab).names if (self.card and self.card.find_label(lab)) else [lab]
                 pos.append([p.format(n) for n in names for p, _ in pairs])
                 neg.append([q.format(n) for n in names for _, q in pairs])
-            self.pos_weights = _class_embeddings(model, pos)
-            self.neg_weights = _class_embeddings(model, neg)
+            self.pos_weights = class_embeddings(model, pos)
+            self.neg_weights = class_embeddings(model, neg)
+            self.pair_prompts = {lab: [*p, *q] for lab, p, q in zip(self.labels, pos, neg, strict=True)}
+
+    def all_prompts(self) -> list[str]:
+        """Every text this classifier embeds (prompt sets, and the positive/negative pairs for multi-label)."""
+        sets = [*self.prompts.values(), *getattr(self, "pair_prompts", {}).values()]
+        return list(dict.fromkeys(p for ps in sets for p in ps))
 
     @property
     def logit_scale(self) -> float:
@@ -161,23 +147,6 @@ class ZeroShotClassifier:
             neg = s * feats @ self.neg_weights.T
             return torch.sigmoid((pos - neg) / self.temperature).numpy()
         return torch.softmax(self.logits(feats) / self.temperature, dim=-1).numpy()
-
-
-@torch.no_grad()
-def embed_dataset(model: Any, ds: Any, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """Unit image embeddings of every item of an :class:`ImageTextDataset` (N, D), float32 CPU."""
-    from medvlp.data.dataset import Normalizer, collate
-
-    dev = next(model.parameters()).device
-    norm = Normalizer(ds.opts.mean, ds.opts.std).to(dev)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    it: Any = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(loader, desc="embedding images", unit="batch", leave=False)
-    feats = [model.encode_image(norm(b["image"].to(dev)), normalize=True).float().cpu() for b in it]
-    return torch.cat(feats)
 
 
 SPREAD_METRICS = ("accuracy", "balanced_accuracy", "auroc", "f1_macro")  # the headline metrics of a prompt set
@@ -262,13 +231,24 @@ def format_spread(spread: dict[str, Any]) -> str:
 
 def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labels: Sequence[str] | None = None,
                       batch_size: int = 256, n_boot: int = 1000, seed: int = 0, progress: bool = False,
-                      bad_log: Any = None, prompt_subsets: int = 10, subset_fraction: float = 0.5) -> dict[str, Any]:
+                      bad_log: Any = None, prompt_subsets: int = 10, subset_fraction: float = 0.5,
+                      caption_record: Any = None, train_manifest: Any = None,
+                      near_dup_threshold: float = 0.98, mode: str = "prompts",
+                      include_parents: bool = False) -> dict[str, Any]:
     """Zero-shot metrics (DESIGN.md metrics JSON) of ``model`` on a labelled manifest.
 
     Without ``labels`` the manifest's distinct labels form the label set. Rows whose labels are not in
     the label set are left out and counted (``n_excluded``, ``excluded_labels``); unreadable images are
     skipped and counted. ``prompt_spread`` holds the spread of the headline metrics over
     ``prompt_subsets`` random template subsets (see :func:`prompt_spread`; 0 turns it off).
+
+    ``prompt_overlap`` is the share of the eval prompts that were training captions, from
+    ``caption_record`` (a ``captions.json`` path or its dict, see :mod:`medvlp.eval.hygiene`); 0 is a
+    clean zero-shot protocol, above 0 a text-supervised one; ``None`` (with ``prompt_overlap_note``)
+    without a record. ``mode``: ``prompts`` (class names), ``concepts`` (the classes' defining ontology
+    concepts, :class:`~medvlp.eval.concept_zeroshot.ConceptZeroShot`) or ``both`` (prompts at the top level,
+    each mode's report under ``by_mode``). With ``train_manifest``, ``overlap_embedding`` lists the near duplicates (image
+    embedding cosine >= ``near_dup_threshold``) between its images and the evaluated rows.
 
     Raises:
         DataError: no readable image, or no row with a label in the label set (the message lists the
@@ -278,9 +258,18 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     from medvlp.eval.metrics import classification_report
 
     card = load_card(card) if isinstance(card, str) else card
+    if mode not in ("prompts", "concepts", "both"):
+        raise ConfigError(f"unknown zero-shot mode '{mode}'; choose prompts, concepts or both")
     multilabel = manifest.is_multilabel()
+    if multilabel and mode != "prompts":
+        raise ConfigError("concept mode scores single-label classes; use --mode prompts for multi-label findings")
     labels = check_labels(labels if labels is not None else manifest.label_names())
     index = {lab.lower(): k for k, lab in enumerate(labels)}
+    cclf = None
+    if mode != "prompts":
+        from medvlp.eval.concept_zeroshot import ConceptZeroShot
+
+        cclf = ConceptZeroShot(model, labels, card=card, include_parents=include_parents)  # refuses before any image is read
     ds = ImageTextDataset(manifest, None, options_for(model.spec, card, train=False), train=False,
                           need_captions=False, progress=progress, max_bad_fraction=1.0, bad_log=bad_log)
     if len(ds.bad) == len(manifest):
@@ -288,6 +277,12 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     feats = embed_dataset(model, ds, batch_size=batch_size, progress=progress)
     clf = ZeroShotClassifier(model, labels, card=card, multilabel=multilabel)
     probs = clf.predict_proba(feats)
+    cprobs = None
+    if cclf is not None:  # the concept head's best patch when the model has one, else global similarities
+        head_scores = cclf.head_concept_scores(ds, batch_size=batch_size)
+        cprobs = cclf.predict_proba(feats, concept_scores=head_scores)
+    if mode == "concepts":
+        clf, probs = cclf, cprobs
     keep, y = [], []
     outside: dict[str, int] = {}
     for k in range(len(ds)):
@@ -325,9 +320,40 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     report["n_excluded"] = len(ds) - len(keep)
     report["excluded_labels"] = outside
     report["n_unreadable"] = len(ds.bad)
-    report["prompts_per_label"] = {lab: len(clf.prompts[lab]) for lab in labels}
+    report["prompts_per_label"] = {lab: len(clf.prompts[lab]) for lab in labels} if mode != "concepts" else \
+        {lab: sum(len(clf.prompts[c]) for c in d["present"] + d["absent"]) for lab, d in clf.definitions.items()}
     report["unknown_labels"] = clf.unknown_labels
-    if prompt_subsets > 0:
+    report["mode"] = mode
+    if cclf is not None:
+        report["concepts_per_label"] = cclf.definitions
+    if mode == "both":
+        c_rep = classification_report(y_arr, cprobs[keep], labels, groups=groups, n_boot=n_boot,
+                                      seed=seed)
+        report["by_mode"] = {"prompts": {k: v for k, v in report.items() if k != "concepts_per_label"},
+                             "concepts": c_rep}
+    report.update(_overlap_fields(clf, caption_record))
+    if train_manifest is not None:
+        from medvlp.eval.overlap_embed import manifest_near_duplicates
+
+        near = manifest_near_duplicates(model, train_manifest, feats[keep], card=card, threshold=near_dup_threshold,
+                                        batch_size=batch_size, progress=progress)
+        eval_rows = [ds.row_of(k) for k in keep]
+        near["pairs"] = [[t, eval_rows[e], c] for t, e, c in near["pairs"]]
+        report["overlap_embedding"] = near
+    if prompt_subsets > 0 and mode != "concepts":
         report["prompt_spread"] = prompt_spread(model, feats[keep], y_arr, labels, card=card, multilabel=multilabel,
                                                 n_subsets=prompt_subsets, fraction=subset_fraction, seed=seed)
     return report
+
+
+def _overlap_fields(clf: ZeroShotClassifier, record: Any) -> dict[str, Any]:
+    """``prompt_overlap`` (+ a note, or the overlapping prompts) of a classifier against a caption record."""
+    from medvlp.eval.hygiene import overlapping_prompts, prompt_overlap, read_caption_record
+
+    if record is None:
+        return {"prompt_overlap": None, "prompt_overlap_note": "no captions.json in the model's run folder: "
+                "whether the eval prompts were training captions is unknown"}
+    rec = record if isinstance(record, dict) else read_caption_record(record)
+    prompts = clf.all_prompts()
+    return {"prompt_overlap": prompt_overlap(prompts, rec), "prompt_overlap_examples": overlapping_prompts(prompts, rec)[:5],
+            "caption_templates": rec.get("caption_templates", {})}

@@ -116,16 +116,36 @@ def test_mpp_override_and_table(tmp_path: Path) -> None:
         )
 
 
-def test_argument_errors(tmp_path: Path) -> None:
-    code, _, err = _invoke(str(tmp_path / "nope.svs"), "--out", str(tmp_path), "--mpp", "fast")
-    assert code == 1 and err.count("\n") == 1 and "neither a number nor a CSV file" in err
+def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``medvlp wsi tile ...`` through the real entry point (its one error handler included)."""
+    from medvlp.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["wsi", "tile", *args])
+    out = capsys.readouterr()
+    return int(info.value.code or 0), out.out, out.err
+
+
+def test_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _main(capsys, str(tmp_path / "nope.svs"), "--out", str(tmp_path), "--mpp", "fast")
+    assert code == 1 and err.count("\n") == 1 and err.startswith("medvlp: error: ")
+    assert "neither a number nor a CSV file" in err and "Traceback" not in err
     a = _slide(tmp_path / "x.tif")
     (tmp_path / "other").mkdir()
     b = _slide(tmp_path / "other" / "x.tif")
-    code, _, err = _invoke(str(a), str(b), "--out", str(tmp_path / "o"))
-    assert code == 1 and "would both write x.h5" in err
-    code, _, err = _invoke(str(tmp_path / "missing.svs"), "--out", str(tmp_path / "o"))
+    code, _, err = _main(capsys, str(a), str(b), "--out", str(tmp_path / "o"))
+    assert code == 1 and err.startswith("medvlp: error: ") and "would both write x.h5" in err
+    code, _, err = _main(capsys, str(tmp_path / "missing.svs"), "--out", str(tmp_path / "o"))
     assert code == 1 and "missing.svs: slide not found" in err
+
+
+def test_the_wsi_group_has_no_error_handler_of_its_own(tmp_path: Path) -> None:
+    # one handler (medvlp.cli.main) formats every user error; the group lets them through to it
+    from medvlp.errors import MedvlpError
+
+    result = CliRunner().invoke(_cli(), ["wsi", "tile", str(tmp_path / "nope.svs"), "--out", str(tmp_path),
+                                         "--mpp", "fast"])
+    assert isinstance(result.exception, MedvlpError) and result.stderr == ""
 
 
 def test_through_the_medvlp_entry_point(tmp_path: Path) -> None:

@@ -186,3 +186,51 @@ def test_eval_zeroshot_manifest_labels_outside_the_label_set(model_dir: Path, ma
                              "--labels", "mucus,adipose tissue", "--n-boot", "0", "--prompt-subsets", "0"], capsys)
     assert code == 0
     assert "(n=6)" in stdout and "6 rows had labels outside the label set" in err and "'debris' (6)" in err
+
+
+def test_one_error_handler_prints_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys, tmp_path):
+    import medvlp
+    from medvlp.errors import ModelError
+
+    def bad_load(*a, **k):
+        raise ModelError("the model folder\n  holds no weights:   retrain or pass another --model")
+
+    monkeypatch.setattr(medvlp, "load", bad_load)
+    img = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(img)
+    code, out, err = run(["zeroshot", str(img), "--model", "m"], capsys)
+    assert code == 1 and out == ""
+    assert err == "medvlp: error: the model folder holds no weights: retrain or pass another --model\n"
+
+    def bug(*a, **k):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(medvlp, "load", bug)
+    with pytest.raises(RuntimeError, match="a bug"):  # not swallowed into an error line
+        main(["zeroshot", str(img), "--model", "m"])
+
+
+def test_cli_scores_through_public_model_methods(model_dir: Path, images: dict[str, Path]):
+    import ast
+
+    import torch
+
+    import medvlp
+    from medvlp.cli import eval as cli_eval
+    from medvlp.eval import zeroshot as zs
+
+    m = medvlp.load(str(model_dir))
+    path = str(next(iter(images.values())))
+    px = m.pixels(path)
+    assert px.dtype == torch.uint8 and px.shape[0] == 3
+    feats = m.embed_pixels(px[None])
+    assert torch.allclose(feats, m.embed_images([path]), atol=1e-6)
+    clf = m.classifier(LABELS.split(","))
+    res = m.result(path, px, clf.predict_proba(feats)[0], clf)
+    assert res.to_dict() == m.zero_shot(path, LABELS.split(",")).to_dict()
+    # the command drives no private Model attribute (m._pixels / m._norm / m._result)
+    tree = ast.parse(Path(cli_eval.__file__).read_text())
+    private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+               and n.value.id == "m" and n.attr.startswith("_")]
+    assert private == []
+    assert zs.class_embeddings is zs._class_embeddings  # public name; the old one stays as an alias
