@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from medvlp.errors import DataError
+from medvlp.errors import ConfigError, DataError
 
+MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".parquet")  # what write_manifest writes
 KNOWN_COLUMNS = ("image", "caption", "label", "concepts", "group", "patient", "split")
 
 
@@ -225,3 +228,50 @@ def validate_manifest(path: str | Path, *, read_images: bool = True, reader_opti
         if reason is not None:
             bad.append(BadRow(i, str(m.df["image"].iloc[i]), reason))
     return m, bad
+
+
+def check_out_manifest(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--out {p} is a folder; give a manifest file name such as {p / 'manifest.csv'}")
+    if p.suffix.lower() not in MANIFEST_SUFFIXES:
+        raise ConfigError(f"--out {p}: manifest must end in one of {', '.join(MANIFEST_SUFFIXES)}")
+    return p
+
+
+
+
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a manifest (CSV, JSONL or Parquet by suffix) atomically: a crash never leaves half a file.
+
+    List-valued cells (captions, multi-label labels) must already be JSON text, so the three formats
+    hold the same strings.
+    """
+    p = check_out_manifest(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        elif suffix == ".jsonl":
+            # Written by hand: pandas escapes "/" in paths as "\\/", valid JSON but unreadable.
+            clean = df.astype(object).where(df.notna(), None)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for rec in clean.to_dict("records"):
+                    fh.write(json.dumps(rec, ensure_ascii=False, default=_json_default) + "\n")
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):  # numpy ints/floats in metadata columns
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to a JSONL manifest")

@@ -22,6 +22,7 @@ CARD = """
 name = "{name}"
 [prompts]
 templates = ["a chest x-ray showing {{}}.", "chest radiograph with {{}}."]
+captions = ["chest x-ray: {{}}.", "frontal chest radiograph, {{}}."]
 [label_sets.pneumonia]
 labels = [
   {{ name = "normal", concept = "cxr:normal_chest", synonyms = ["clear lungs"] }},
