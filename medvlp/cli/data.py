@@ -1,5 +1,8 @@
 """``medvlp data ...``: import, validate, split and shard manifests.
 
+User errors (``MedvlpError``) are not caught here: they reach the one handler in
+:func:`medvlp.cli.main.main`, which prints ``medvlp: error: <reason>`` on stderr and exits 1.
+
 A thin shell over :mod:`medvlp.data.importers`, :mod:`medvlp.data.manifest`, :mod:`medvlp.data.splits`
 and :mod:`medvlp.data.shards`: everything here is one call from Python too.
 """
@@ -12,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from medvlp.errors import MedvlpError
+from medvlp.errors import DataError
 
 if TYPE_CHECKING:
     from medvlp.domains import DomainCard
@@ -26,12 +29,6 @@ app.add_typer(import_app, name="import")
 DomainOpt = Annotated[
     str, typer.Option("--domain", "-d", help="Domain card name (cxr, pathology, ...) or a .toml path.")
 ]
-
-
-def _fail(err: MedvlpError) -> typer.Exit:
-    """Print a user error as one line on stderr; the caller raises the returned Exit(1)."""
-    typer.echo(f"error: {' '.join(str(err).split())}", err=True)
-    return typer.Exit(1)
 
 
 def _card(domain: str) -> DomainCard:
@@ -60,16 +57,13 @@ def import_folder_cmd(
     """Write a manifest for DIR with one subfolder per class (folder names become labels)."""
     from medvlp.data.importers import import_folder
 
-    try:
-        summary = import_folder(
-            directory,
-            card=_card(domain),
-            out_manifest=out,
-            label_map=label_map,
-            channel_pattern=channel_pattern,
-        )
-    except MedvlpError as e:
-        raise _fail(e) from None
+    summary = import_folder(
+        directory,
+        card=_card(domain),
+        out_manifest=out,
+        label_map=label_map,
+        channel_pattern=channel_pattern,
+    )
     typer.echo(summary.format())
 
 
@@ -91,12 +85,9 @@ def import_medmnist_cmd(
     """Write PNGs and train/val/test manifests (test only when the file has it) for a MedMNIST file."""
     from medvlp.data.importers import import_medmnist
 
-    try:
-        summary = import_medmnist(
-            npz, card=_card(domain), out_dir=out, flag=flag, progress=progress, limit=limit
-        )
-    except MedvlpError as e:
-        raise _fail(e) from None
+    summary = import_medmnist(
+        npz, card=_card(domain), out_dir=out, flag=flag, progress=progress, limit=limit
+    )
     typer.echo(summary.format())
 
 
@@ -123,19 +114,16 @@ def import_ham10000_cmd(
     """Write one manifest with captions from the metadata and a split where no lesion spans two splits."""
     from medvlp.data.importers import import_ham10000
 
-    try:
-        summary = import_ham10000(
-            metadata,
-            images,
-            card=_card(domain),
-            out_manifest=out,
-            seed=seed,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            modality=modality,
-        )
-    except MedvlpError as e:
-        raise _fail(e) from None
+    summary = import_ham10000(
+        metadata,
+        images,
+        card=_card(domain),
+        out_manifest=out,
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        modality=modality,
+    )
     typer.echo(summary.format())
 
 
@@ -168,13 +156,10 @@ def validate_cmd(
     """
     from medvlp.data.manifest import validate_manifest
 
-    try:
-        options = _card(domain).image.reader_options() if domain else None
-        m, bad = validate_manifest(
-            manifest, read_images=read, reader_options=options, progress=_progress(progress)
-        )
-    except MedvlpError as e:
-        raise _fail(e) from None
+    options = _card(domain).image.reader_options() if domain else None
+    m, bad = validate_manifest(
+        manifest, read_images=read, reader_options=options, progress=_progress(progress)
+    )
     suffix = manifest.suffix.lower()
     # Lines as an editor counts them: CSV has a header line, JSONL does not; Parquet has no lines.
     first_line = {".csv": 2, ".tsv": 2, ".txt": 2, ".jsonl": 1, ".ndjson": 1}.get(suffix)
@@ -182,12 +167,10 @@ def validate_cmd(
         where = f"{manifest}:{b.row + first_line}" if first_line is not None else f"{manifest} row {b.row}"
         typer.echo(f"{where}: {b.image}: {b.reason}")
     if bad:
-        typer.echo(
-            f"error: {len(bad)} of {len(m)} rows are bad (listed above); fix or remove them "
-            f"(training skips bad rows, up to --max-bad-fraction)",
-            err=True,
+        raise DataError(
+            f"{len(bad)} of {len(m)} rows are bad (listed above); fix or remove them "
+            f"(training skips bad rows, up to --max-bad-fraction)"
         )
-        raise typer.Exit(1)
     parts = [f"{len(m)} rows, 0 bad"]
     labels = m.label_names()
     if labels:
@@ -220,10 +203,7 @@ def split_cmd(
     from medvlp.data.splits import split_manifest
 
     strat = None if stratify.strip().lower() in ("", "none") else stratify
-    try:
-        summary = split_manifest(manifest, out, by=by, val=val, test=test, seed=seed, stratify=strat)
-    except MedvlpError as e:
-        raise _fail(e) from None
+    summary = split_manifest(manifest, out, by=by, val=val, test=test, seed=seed, stratify=strat)
     typer.echo(summary.format())
 
 
@@ -258,27 +238,24 @@ def shard_cmd(
     """Write WebDataset tar shards (image + txt captions JSON + json label/concepts/metadata)."""
     from medvlp.data.shards import write_shards
 
-    try:
-        reader, options = "auto", None
-        if domain:
-            card = _card(domain)
-            reader, options = card.image.reader, card.image.reader_options()
-            if reader == "wsi":  # tile references are recognised by the auto reader
-                reader = "auto"
-        summary = write_shards(
-            manifest,
-            out,
-            shard_size=shard_size,
-            split=split,
-            shuffle=shuffle,
-            seed=seed,
-            reader=reader,
-            reader_options=options,
-            check=check,
-            max_bad_fraction=max_bad_fraction,
-            overwrite=overwrite,
-            progress=_progress(progress),
-        )
-    except MedvlpError as e:
-        raise _fail(e) from None
+    reader, options = "auto", None
+    if domain:
+        card = _card(domain)
+        reader, options = card.image.reader, card.image.reader_options()
+        if reader == "wsi":  # tile references are recognised by the auto reader
+            reader = "auto"
+    summary = write_shards(
+        manifest,
+        out,
+        shard_size=shard_size,
+        split=split,
+        shuffle=shuffle,
+        seed=seed,
+        reader=reader,
+        reader_options=options,
+        check=check,
+        max_bad_fraction=max_bad_fraction,
+        overwrite=overwrite,
+        progress=_progress(progress),
+    )
     typer.echo(summary.format())

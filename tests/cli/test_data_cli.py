@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from medvlp.cli.data import app
+from medvlp.cli.main import main
 from medvlp.data.shards import read_shard
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -31,8 +32,31 @@ labels = [
 """
 
 
-def _run(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
+@dataclass
+class _Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def _main(*args: object) -> _Result:
+    """Run ``medvlp ARGS`` through the real entry point (its one error handler), capturing output."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return _Result(code, out.getvalue(), err.getvalue())
+
+
+def _run(*args: object) -> _Result:
+    return _main("data", *args)
 
 
 def _card(tmp_path: Path) -> Path:
@@ -96,7 +120,7 @@ def test_validate_reports_every_bad_row_and_exits_1(tmp_path: Path) -> None:
     assert out[2] == f"{path}:5: img/ok.png: empty caption"
     assert out[3].startswith(f"{path}:6: img/ok.png: column 'label' is not valid JSON")
     err = res.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: 4 of 5 rows are bad")
+    assert len(err) == 1 and err[0].startswith("medvlp: error: 4 of 5 rows are bad")
     # --no-read only checks that files exist: the undecodable PNG passes.
     res = _run("validate", path, "--no-read")
     assert res.exit_code == 1 and len(res.stdout.strip().splitlines()) == 3
@@ -129,7 +153,7 @@ def test_user_errors_exit_1_with_one_line(tmp_path: Path, args: list[str], messa
     res = _run(*[a.format(tmp=tmp_path) for a in args])
     assert res.exit_code == 1, res.output
     err = res.stderr.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert len(err.splitlines()) == 1 and err.startswith("medvlp: error: ")
     assert message in err
 
 
