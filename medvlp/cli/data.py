@@ -26,6 +26,8 @@ import_app = typer.Typer(
 )
 app.add_typer(import_app, name="import")
 
+_MAX_LISTED = 20  # rows listed one by one before "... and N more"
+
 DomainOpt = Annotated[
     str, typer.Option("--domain", "-d", help="Domain card name (cxr, pathology, ...) or a .toml path.")
 ]
@@ -152,24 +154,44 @@ def validate_cmd(
     """Check every row (file present, image decodable, caption non-empty, JSON cells valid).
 
     Prints one line per bad row (``FILE:LINE: IMAGE: REASON``) and exits 1 when any row is bad;
-    otherwise prints one summary line and exits 0.
+    otherwise prints one summary line and exits 0. With ``--domain``, labels outside the card's label
+    sets are listed (``FILE:LINE: warning: label 'x' is not in the 'D' card``) and counted: they are a
+    warning, not a reason to fail (such rows still train; only evaluation needs known labels).
     """
-    from medvlp.data.manifest import validate_manifest
+    from medvlp.data.manifest import unknown_label_rows, validate_manifest
 
-    options = _card(domain).image.reader_options() if domain else None
+    card = _card(domain) if domain else None
+    options = card.image.reader_options() if card else None
     m, bad = validate_manifest(
         manifest, read_images=read, reader_options=options, progress=_progress(progress)
     )
+    for w in m.warnings:
+        typer.echo(f"warning: {w}", err=True)
     suffix = manifest.suffix.lower()
     # Lines as an editor counts them: CSV has a header line, JSONL does not; Parquet has no lines.
     first_line = {".csv": 2, ".tsv": 2, ".txt": 2, ".jsonl": 1, ".ndjson": 1}.get(suffix)
+
+    def where(row: int) -> str:
+        return f"{manifest}:{row + first_line}" if first_line is not None else f"{manifest} row {row}"
+
     for b in bad:
-        where = f"{manifest}:{b.row + first_line}" if first_line is not None else f"{manifest} row {b.row}"
-        typer.echo(f"{where}: {b.image}: {b.reason}")
+        typer.echo(f"{where(b.row)}: {b.image}: {b.reason}")
+    unknown = unknown_label_rows(m, card) if card else []
+    for row, label in unknown[:_MAX_LISTED]:
+        typer.echo(f"{where(row)}: warning: label '{label}' is not in the '{card.name}' card")
+    if len(unknown) > _MAX_LISTED:
+        typer.echo(f"... and {len(unknown) - _MAX_LISTED} more rows with unknown labels")
+    unknown_note = ""
+    if unknown:
+        names = sorted({lab for _, lab in unknown})
+        unknown_note = (
+            f"; warning: {len(unknown)} rows carry {len(names)} labels not in the '{card.name}' card "
+            f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}): add them to the card or fix the manifest"
+        )
     if bad:
         raise DataError(
             f"{len(bad)} of {len(m)} rows are bad (listed above); fix or remove them "
-            f"(training skips bad rows, up to --max-bad-fraction)"
+            f"(training skips bad rows, up to --max-bad-fraction){unknown_note}"
         )
     parts = [f"{len(m)} rows, 0 bad"]
     labels = m.label_names()
@@ -179,7 +201,7 @@ def validate_cmd(
         counts = m.df["split"].fillna("(none)").astype(str).value_counts()
         parts.append("splits: " + ", ".join(f"{k} {counts[k]}" for k in sorted(counts.index)))
     checked = "images decoded" if read else "files present (not decoded)"
-    typer.echo(f"ok: {manifest}: {'; '.join(parts)}; {checked}")
+    typer.echo(f"ok: {manifest}: {'; '.join(parts)}; {checked}{unknown_note}")
 
 
 @app.command("split")

@@ -244,3 +244,28 @@ def test_pipeline_on_real_pneumoniamnist(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(s["png"]))), raw["val_images"][17])
     assert s["json"]["label"] == names[int(raw["val_labels"][17, 0])]
     assert s["txt"] == load_card(card).captions_for(s["json"]["label"])
+
+
+def test_validate_domain_reports_unknown_labels_as_warnings(tmp_path: Path) -> None:
+    Image.fromarray(np.full((4, 4), 7, np.uint8)).save(tmp_path / "x.png")
+    path = tmp_path / "m.csv"
+    path.write_bytes(
+        b"image,caption,label\n"
+        b"x.png,fine,pneumonia\n"
+        b"x.png,caf\xe9,zebra\n"  # not UTF-8 and an unknown label: both warnings, the row is usable
+        b"x.png,also fine,lung infection\n"
+    )
+    card = _card(tmp_path)
+    res = _run("validate", path, "--domain", card)
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.strip().splitlines()
+    assert lines[0] == f"{path}:3: warning: label 'zebra' is not in the 'clicxr' card"
+    assert lines[-1].startswith(f"ok: {path}: 3 rows, 0 bad")
+    assert "warning: 1 rows carry 1 labels not in the 'clicxr' card (zebra)" in lines[-1]
+    assert "line(s) 3 are not valid UTF-8; read as latin-1" in res.stderr
+    # An unusable row still fails, and the unknown labels are named in the one error line.
+    path.write_bytes(path.read_bytes() + b"gone.png,x,zebra\n")
+    res = _run("validate", path, "--domain", card)
+    assert res.exit_code == 1
+    err = [ln for ln in res.stderr.splitlines() if ln.startswith("medvlp: error:")]
+    assert len(err) == 1 and "1 of 4 rows are bad" in err[0] and "2 rows carry 1 labels" in err[0]
