@@ -49,8 +49,10 @@ def parse_list_cell(value: Any) -> list[Any]:
         return []
     if isinstance(value, (list, tuple)):
         return list(value)
-    if hasattr(value, "tolist"):  # numpy arrays from Parquet
-        return list(value.tolist())
+    if hasattr(value, "tolist"):  # numpy arrays from Parquet (and numpy scalars)
+        value = value.tolist()
+        if isinstance(value, list):
+            return value
     s = str(value).strip()
     if not s:
         return []

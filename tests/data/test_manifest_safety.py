@@ -87,7 +87,7 @@ def _exercise(p: Path) -> None:
     m.label_names()
 
 
-_FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+_FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @_FUZZ
