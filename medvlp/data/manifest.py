@@ -198,6 +198,32 @@ def _jsonl_records(p: Path, text: str) -> list[dict[str, Any]]:
     return records
 
 
+def read_table(path: str | Path, *, what: str = "manifest") -> tuple[pd.DataFrame, list[str]]:
+    """Read a CSV, TSV, JSONL or Parquet table as text cells, tolerating non-UTF-8 lines.
+
+    Returns:
+        (table, warnings): warnings name the lines decoded as latin-1.
+
+    Raises:
+        DataError: the file is missing, of an unknown format, or cannot be parsed (line named where known).
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"{what} {p} does not exist")
+    suffix = p.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".csv", ".tsv", ".txt"):
+        raise DataError(f"{what} {p}: unsupported format '{suffix}' (use .csv, .tsv, .jsonl or .parquet)")
+    try:
+        df, warnings = _parse(p, suffix)
+    except DataError:
+        raise
+    except Exception as e:  # pandas/pyarrow raise many types for malformed files
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        raise DataError(f"{what} {p} could not be parsed: {reason}") from e
+    df.columns = [str(c) for c in df.columns]
+    return df, warnings
+
+
 def read_manifest(path: str | Path) -> Manifest:
     """Read a CSV, TSV, JSONL or Parquet manifest.
 
@@ -209,19 +235,7 @@ def read_manifest(path: str | Path) -> Manifest:
             or has no ``image`` column.
     """
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"manifest {p} does not exist")
-    suffix = p.suffix.lower()
-    if suffix not in (".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".csv", ".tsv", ".txt"):
-        raise DataError(f"manifest {p}: unsupported format '{suffix}' (use .csv, .tsv, .jsonl or .parquet)")
-    try:
-        df, warnings = _parse(p, suffix)
-    except DataError:
-        raise
-    except Exception as e:  # pandas/pyarrow raise many types for malformed files
-        reason = " ".join(f"{type(e).__name__}: {e}".split())
-        raise DataError(f"manifest {p} could not be parsed: {reason}") from e
-    df.columns = [str(c) for c in df.columns]
+    df, warnings = read_table(p)
     if "image" not in df.columns:
         raise DataError(
             f"manifest {p} has no 'image' column (columns: {', '.join(map(str, df.columns))}); "
