@@ -139,6 +139,45 @@ ProgressOpt = Annotated[
 ]
 
 
+@import_app.command("table")
+def import_table_cmd(
+    table: Annotated[Path, typer.Argument(help="Image table (.csv, .tsv, .parquet, .jsonl); image paths relative to it.")],
+    domain: DomainOpt,
+    image_col: Annotated[str, typer.Option("--image-col", help="Column with the image path.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Manifest to write (.csv, .jsonl or .parquet).")],
+    label_col: Annotated[str | None, typer.Option("--label-col", help="Column with the class label.")] = None,
+    text_col: Annotated[
+        str | None, typer.Option("--text-col", help="Free-text column (reports, notes): captions and concepts.")
+    ] = None,
+    attribute_cols: Annotated[
+        str | None, typer.Option("--attribute-cols", help="Comma-separated attribute columns (column=value concepts).")
+    ] = None,
+    group_col: Annotated[str | None, typer.Option("--group-col", help="Patient/group column (kept as 'patient').")] = None,
+    split_col: Annotated[str | None, typer.Option("--split-col", help="Column with train/val/test.")] = None,
+    label_in_captions: Annotated[
+        bool, typer.Option("--label-in-captions", help="Also write captions naming the label (text-supervised runs).")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the attribute captions.")] = 0,
+) -> None:
+    """Write a manifest for an image table with free text or attribute columns (bad rows to bad_samples.jsonl)."""
+    from medvlp.data.importers import import_table
+
+    summary = import_table(
+        table,
+        card=_card(domain),
+        out_manifest=out,
+        image_col=image_col,
+        label_col=label_col,
+        text_col=text_col,
+        attribute_cols=attribute_cols.split(",") if attribute_cols else None,
+        group_col=group_col,
+        split_col=split_col,
+        label_in_captions=label_in_captions,
+        seed=seed,
+    )
+    typer.echo(summary.format())
+
+
 @app.command("validate")
 def validate_cmd(
     manifest: Annotated[Path, typer.Argument(help="Manifest to check (.csv, .jsonl or .parquet).")],

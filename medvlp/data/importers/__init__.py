@@ -30,6 +30,7 @@ from medvlp.data.importers.medmnist import (
     medmnist_flags,
     medmnist_label_names,
 )
+from medvlp.data.importers.table import import_table
 from medvlp.data.manifest import MANIFEST_SUFFIXES, write_manifest
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "import_folder",
     "import_ham10000",
     "import_medmnist",
+    "import_table",
     "infer_medmnist_flag",
     "medmnist_flags",
     "medmnist_label_names",
