@@ -320,3 +320,25 @@ def shard_cmd(
         progress=_progress(progress),
     )
     typer.echo(summary.format())
+
+
+@app.command("overlap")
+def overlap_cmd(
+    train: Annotated[Path, typer.Argument(help="Training manifest.")],
+    eval_manifest: Annotated[Path, typer.Argument(metavar="EVAL", help="Evaluation manifest.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="CSV of the pairs found.")] = None,
+    phash_threshold: Annotated[
+        int, typer.Option("--phash-threshold", help="Max Hamming distance (of 64 bits) for a near duplicate.")
+    ] = 8,
+) -> None:
+    """Exact and near duplicate images (flips/rotations included) and shared patients between two manifests."""
+    import pandas as pd
+
+    from medvlp.data.overlap import find_overlap
+
+    report = find_overlap(train, eval_manifest, phash_threshold=phash_threshold)
+    typer.echo(report.format())
+    if out is not None:
+        cols = ["train_row", "eval_row", "train_image", "eval_image", "kind", "distance", "patient"]
+        pd.DataFrame([p.to_dict() for p in report.pairs], columns=cols).to_csv(out, index=False)
+        typer.echo(f"pairs -> {out}")
