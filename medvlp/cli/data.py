@@ -329,7 +329,7 @@ def overlap_cmd(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="CSV of the pairs found.")] = None,
     phash_threshold: Annotated[
         int, typer.Option("--phash-threshold", help="Max Hamming distance (of 64 bits) for a near duplicate.")
-    ] = 8,
+    ] = 4,
 ) -> None:
     """Exact and near duplicate images (flips/rotations included) and shared patients between two manifests."""
     import pandas as pd

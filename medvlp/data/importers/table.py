@@ -29,7 +29,6 @@ from medvlp.data.importers.common import (
     ImportSummary,
     _count_labels,
     _relpath,
-    _unknown_label_warning,
 )
 from medvlp.data.manifest import check_out_manifest, read_table, write_manifest
 from medvlp.errors import ConfigError, DataError
@@ -262,5 +261,8 @@ def import_table(
     summary.counts["all"] = _count_labels(out_df["label"].fillna("(no label)")) if label_col else {}
     if unknown:
         summary.unknown_labels = list(unknown)
-        summary.warnings.append(_unknown_label_warning(card, list(unknown)))
+        summary.warnings.append(
+            f"labels not in the '{card.name}' card: {', '.join(unknown)}; they are kept as written "
+            "(add them to the card for zero-shot evaluation on them)"
+        )
     return summary
