@@ -1,5 +1,8 @@
 """``medvlp data ...``: import, validate, split and shard manifests.
 
+User errors (``MedvlpError``) are not caught here: they reach the one handler in
+:func:`medvlp.cli.main.main`, which prints ``medvlp: error: <reason>`` on stderr and exits 1.
+
 A thin shell over :mod:`medvlp.data.importers`, :mod:`medvlp.data.manifest`, :mod:`medvlp.data.splits`
 and :mod:`medvlp.data.shards`: everything here is one call from Python too.
 """
@@ -12,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from medvlp.errors import MedvlpError
+from medvlp.errors import DataError
 
 if TYPE_CHECKING:
     from medvlp.domains import DomainCard
@@ -23,15 +26,11 @@ import_app = typer.Typer(
 )
 app.add_typer(import_app, name="import")
 
+_MAX_LISTED = 20  # rows listed one by one before "... and N more"
+
 DomainOpt = Annotated[
     str, typer.Option("--domain", "-d", help="Domain card name (cxr, pathology, ...) or a .toml path.")
 ]
-
-
-def _fail(err: MedvlpError) -> typer.Exit:
-    """Print a user error as one line on stderr; the caller raises the returned Exit(1)."""
-    typer.echo(f"error: {' '.join(str(err).split())}", err=True)
-    return typer.Exit(1)
 
 
 def _card(domain: str) -> DomainCard:
@@ -60,16 +59,13 @@ def import_folder_cmd(
     """Write a manifest for DIR with one subfolder per class (folder names become labels)."""
     from medvlp.data.importers import import_folder
 
-    try:
-        summary = import_folder(
-            directory,
-            card=_card(domain),
-            out_manifest=out,
-            label_map=label_map,
-            channel_pattern=channel_pattern,
-        )
-    except MedvlpError as e:
-        raise _fail(e) from None
+    summary = import_folder(
+        directory,
+        card=_card(domain),
+        out_manifest=out,
+        label_map=label_map,
+        channel_pattern=channel_pattern,
+    )
     typer.echo(summary.format())
 
 
@@ -91,12 +87,9 @@ def import_medmnist_cmd(
     """Write PNGs and train/val/test manifests (test only when the file has it) for a MedMNIST file."""
     from medvlp.data.importers import import_medmnist
 
-    try:
-        summary = import_medmnist(
-            npz, card=_card(domain), out_dir=out, flag=flag, progress=progress, limit=limit
-        )
-    except MedvlpError as e:
-        raise _fail(e) from None
+    summary = import_medmnist(
+        npz, card=_card(domain), out_dir=out, flag=flag, progress=progress, limit=limit
+    )
     typer.echo(summary.format())
 
 
@@ -123,19 +116,16 @@ def import_ham10000_cmd(
     """Write one manifest with captions from the metadata and a split where no lesion spans two splits."""
     from medvlp.data.importers import import_ham10000
 
-    try:
-        summary = import_ham10000(
-            metadata,
-            images,
-            card=_card(domain),
-            out_manifest=out,
-            seed=seed,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            modality=modality,
-        )
-    except MedvlpError as e:
-        raise _fail(e) from None
+    summary = import_ham10000(
+        metadata,
+        images,
+        card=_card(domain),
+        out_manifest=out,
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        modality=modality,
+    )
     typer.echo(summary.format())
 
 
@@ -147,6 +137,45 @@ def _progress(flag: bool | None) -> bool:
 ProgressOpt = Annotated[
     bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: when on a terminal).")
 ]
+
+
+@import_app.command("table")
+def import_table_cmd(
+    table: Annotated[Path, typer.Argument(help="Image table (.csv, .tsv, .parquet, .jsonl); image paths relative to it.")],
+    domain: DomainOpt,
+    image_col: Annotated[str, typer.Option("--image-col", help="Column with the image path.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Manifest to write (.csv, .jsonl or .parquet).")],
+    label_col: Annotated[str | None, typer.Option("--label-col", help="Column with the class label.")] = None,
+    text_col: Annotated[
+        str | None, typer.Option("--text-col", help="Free-text column (reports, notes): captions and concepts.")
+    ] = None,
+    attribute_cols: Annotated[
+        str | None, typer.Option("--attribute-cols", help="Comma-separated attribute columns (column=value concepts).")
+    ] = None,
+    group_col: Annotated[str | None, typer.Option("--group-col", help="Patient/group column (kept as 'patient').")] = None,
+    split_col: Annotated[str | None, typer.Option("--split-col", help="Column with train/val/test.")] = None,
+    label_in_captions: Annotated[
+        bool, typer.Option("--label-in-captions", help="Also write captions naming the label (text-supervised runs).")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the attribute captions.")] = 0,
+) -> None:
+    """Write a manifest for an image table with free text or attribute columns (bad rows to bad_samples.jsonl)."""
+    from medvlp.data.importers import import_table
+
+    summary = import_table(
+        table,
+        card=_card(domain),
+        out_manifest=out,
+        image_col=image_col,
+        label_col=label_col,
+        text_col=text_col,
+        attribute_cols=attribute_cols.split(",") if attribute_cols else None,
+        group_col=group_col,
+        split_col=split_col,
+        label_in_captions=label_in_captions,
+        seed=seed,
+    )
+    typer.echo(summary.format())
 
 
 @app.command("validate")
@@ -164,30 +193,45 @@ def validate_cmd(
     """Check every row (file present, image decodable, caption non-empty, JSON cells valid).
 
     Prints one line per bad row (``FILE:LINE: IMAGE: REASON``) and exits 1 when any row is bad;
-    otherwise prints one summary line and exits 0.
+    otherwise prints one summary line and exits 0. With ``--domain``, labels outside the card's label
+    sets are listed (``FILE:LINE: warning: label 'x' is not in the 'D' card``) and counted: they are a
+    warning, not a reason to fail (such rows still train; only evaluation needs known labels).
     """
-    from medvlp.data.manifest import validate_manifest
+    from medvlp.data.manifest import unknown_label_rows, validate_manifest
 
-    try:
-        options = _card(domain).image.reader_options() if domain else None
-        m, bad = validate_manifest(
-            manifest, read_images=read, reader_options=options, progress=_progress(progress)
-        )
-    except MedvlpError as e:
-        raise _fail(e) from None
+    card = _card(domain) if domain else None
+    options = card.image.reader_options() if card else None
+    m, bad = validate_manifest(
+        manifest, read_images=read, reader_options=options, progress=_progress(progress)
+    )
+    for w in m.warnings:
+        typer.echo(f"warning: {w}", err=True)
     suffix = manifest.suffix.lower()
     # Lines as an editor counts them: CSV has a header line, JSONL does not; Parquet has no lines.
     first_line = {".csv": 2, ".tsv": 2, ".txt": 2, ".jsonl": 1, ".ndjson": 1}.get(suffix)
+
+    def where(row: int) -> str:
+        return f"{manifest}:{row + first_line}" if first_line is not None else f"{manifest} row {row}"
+
     for b in bad:
-        where = f"{manifest}:{b.row + first_line}" if first_line is not None else f"{manifest} row {b.row}"
-        typer.echo(f"{where}: {b.image}: {b.reason}")
-    if bad:
-        typer.echo(
-            f"error: {len(bad)} of {len(m)} rows are bad (listed above); fix or remove them "
-            f"(training skips bad rows, up to --max-bad-fraction)",
-            err=True,
+        typer.echo(f"{where(b.row)}: {b.image}: {b.reason}")
+    unknown = unknown_label_rows(m, card) if card else []
+    for row, label in unknown[:_MAX_LISTED]:
+        typer.echo(f"{where(row)}: warning: label '{label}' is not in the '{card.name}' card")
+    if len(unknown) > _MAX_LISTED:
+        typer.echo(f"... and {len(unknown) - _MAX_LISTED} more rows with unknown labels")
+    unknown_note = ""
+    if unknown:
+        names = sorted({lab for _, lab in unknown})
+        unknown_note = (
+            f"; warning: {len(unknown)} rows carry {len(names)} labels not in the '{card.name}' card "
+            f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}): add them to the card or fix the manifest"
         )
-        raise typer.Exit(1)
+    if bad:
+        raise DataError(
+            f"{len(bad)} of {len(m)} rows are bad (listed above); fix or remove them "
+            f"(training skips bad rows, up to --max-bad-fraction){unknown_note}"
+        )
     parts = [f"{len(m)} rows, 0 bad"]
     labels = m.label_names()
     if labels:
@@ -196,7 +240,7 @@ def validate_cmd(
         counts = m.df["split"].fillna("(none)").astype(str).value_counts()
         parts.append("splits: " + ", ".join(f"{k} {counts[k]}" for k in sorted(counts.index)))
     checked = "images decoded" if read else "files present (not decoded)"
-    typer.echo(f"ok: {manifest}: {'; '.join(parts)}; {checked}")
+    typer.echo(f"ok: {manifest}: {'; '.join(parts)}; {checked}{unknown_note}")
 
 
 @app.command("split")
@@ -220,10 +264,7 @@ def split_cmd(
     from medvlp.data.splits import split_manifest
 
     strat = None if stratify.strip().lower() in ("", "none") else stratify
-    try:
-        summary = split_manifest(manifest, out, by=by, val=val, test=test, seed=seed, stratify=strat)
-    except MedvlpError as e:
-        raise _fail(e) from None
+    summary = split_manifest(manifest, out, by=by, val=val, test=test, seed=seed, stratify=strat)
     typer.echo(summary.format())
 
 
@@ -258,27 +299,46 @@ def shard_cmd(
     """Write WebDataset tar shards (image + txt captions JSON + json label/concepts/metadata)."""
     from medvlp.data.shards import write_shards
 
-    try:
-        reader, options = "auto", None
-        if domain:
-            card = _card(domain)
-            reader, options = card.image.reader, card.image.reader_options()
-            if reader == "wsi":  # tile references are recognised by the auto reader
-                reader = "auto"
-        summary = write_shards(
-            manifest,
-            out,
-            shard_size=shard_size,
-            split=split,
-            shuffle=shuffle,
-            seed=seed,
-            reader=reader,
-            reader_options=options,
-            check=check,
-            max_bad_fraction=max_bad_fraction,
-            overwrite=overwrite,
-            progress=_progress(progress),
-        )
-    except MedvlpError as e:
-        raise _fail(e) from None
+    reader, options = "auto", None
+    if domain:
+        card = _card(domain)
+        reader, options = card.image.reader, card.image.reader_options()
+        if reader == "wsi":  # tile references are recognised by the auto reader
+            reader = "auto"
+    summary = write_shards(
+        manifest,
+        out,
+        shard_size=shard_size,
+        split=split,
+        shuffle=shuffle,
+        seed=seed,
+        reader=reader,
+        reader_options=options,
+        check=check,
+        max_bad_fraction=max_bad_fraction,
+        overwrite=overwrite,
+        progress=_progress(progress),
+    )
     typer.echo(summary.format())
+
+
+@app.command("overlap")
+def overlap_cmd(
+    train: Annotated[Path, typer.Argument(help="Training manifest.")],
+    eval_manifest: Annotated[Path, typer.Argument(metavar="EVAL", help="Evaluation manifest.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="CSV of the pairs found.")] = None,
+    phash_threshold: Annotated[
+        int, typer.Option("--phash-threshold", help="Max Hamming distance (of 64 bits) for a near duplicate.")
+    ] = 4,
+) -> None:
+    """Exact and near duplicate images (flips/rotations included) and shared patients between two manifests."""
+    import pandas as pd
+
+    from medvlp.data.overlap import find_overlap
+
+    report = find_overlap(train, eval_manifest, phash_threshold=phash_threshold)
+    typer.echo(report.format())
+    if out is not None:
+        cols = ["train_row", "eval_row", "train_image", "eval_image", "kind", "distance", "patient"]
+        pd.DataFrame([p.to_dict() for p in report.pairs], columns=cols).to_csv(out, index=False)
+        typer.echo(f"pairs -> {out}")

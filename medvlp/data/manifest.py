@@ -15,15 +15,26 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
-from dataclasses import dataclass
+import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
-from medvlp.errors import DataError
+from medvlp.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from medvlp.domains import DomainCard
+
+MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".parquet")  # what write_manifest writes
+log = logging.getLogger(__name__)
 
 KNOWN_COLUMNS = ("image", "caption", "label", "concepts", "group", "patient", "split")
 
@@ -38,15 +49,17 @@ def parse_list_cell(value: Any) -> list[Any]:
         return []
     if isinstance(value, (list, tuple)):
         return list(value)
-    if hasattr(value, "tolist"):  # numpy arrays from Parquet
-        return list(value.tolist())
+    if hasattr(value, "tolist"):  # numpy arrays from Parquet (and numpy scalars)
+        value = value.tolist()
+        if isinstance(value, list):
+            return value
     s = str(value).strip()
     if not s:
         return []
     if s.startswith("["):
         try:
             parsed = json.loads(s)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not JSON after all: the text itself
             return [s]
         return parsed if isinstance(parsed, list) else [parsed]
     return [s]
@@ -59,6 +72,7 @@ class Manifest:
     df: pd.DataFrame
     root: Path
     path: Path | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. lines read as latin-1
 
     def __len__(self) -> int:
         return len(self.df)
@@ -131,32 +145,97 @@ class Manifest:
         return any(str(v).strip().startswith("[") for v in self.df["label"].dropna().tolist())
 
 
-def read_manifest(path: str | Path) -> Manifest:
-    """Read a CSV, JSONL or Parquet manifest.
+def _decode(p: Path, raw: bytes) -> tuple[str, list[str]]:
+    """UTF-8 text of a manifest; lines that are not UTF-8 are read as latin-1 and named in a warning."""
+    try:
+        return raw.decode("utf-8-sig"), []
+    except UnicodeDecodeError:
+        pass
+    bad_lines = []
+    for n, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad_lines.append(n)
+    shown = ", ".join(map(str, bad_lines[:10])) + (f" and {len(bad_lines) - 10} more" if len(bad_lines) > 10 else "")
+    warning = (
+        f"manifest {p}: line(s) {shown} are not valid UTF-8; read as latin-1, check those rows' text "
+        "(re-save the file as UTF-8 to silence this)"
+    )
+    return raw.removeprefix(b"\xef\xbb\xbf").decode("latin-1"), [warning]
+
+
+def _parse(p: Path, suffix: str) -> tuple[pd.DataFrame, list[str]]:
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(p), []
+    text, warnings = _decode(p, p.read_bytes())
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise DataError(f"manifest {p}: line {line} holds a NUL byte; this is not a text manifest (binary file?)")
+    buf = io.StringIO(text)
+    if suffix in (".jsonl", ".ndjson"):
+        return pd.DataFrame.from_records(_jsonl_records(p, text)), warnings
+    if suffix == ".json":
+        return pd.read_json(buf, dtype=False), warnings
+    df = pd.read_csv(buf, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False, na_values=[""])
+    return df, warnings
+
+
+def _jsonl_records(p: Path, text: str) -> list[dict[str, Any]]:
+    records = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise DataError(f"manifest {p}: line {n} is not valid JSON ({getattr(e, 'msg', e)}); "
+                            "a JSONL manifest holds one JSON object per line") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"manifest {p}: line {n} is a JSON {type(rec).__name__}, not an object "
+                            '{"image": ..., "caption": ...}')
+        records.append(rec)
+    return records
+
+
+def read_table(path: str | Path, *, what: str = "manifest") -> tuple[pd.DataFrame, list[str]]:
+    """Read a CSV, TSV, JSONL or Parquet table as text cells, tolerating non-UTF-8 lines.
+
+    Returns:
+        (table, warnings): warnings name the lines decoded as latin-1.
 
     Raises:
-        DataError: the file is missing, cannot be parsed, is empty, or has no ``image`` column.
+        DataError: the file is missing, of an unknown format, or cannot be parsed (line named where known).
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"manifest {p} does not exist")
+        raise DataError(f"{what} {p} does not exist")
     suffix = p.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".csv", ".tsv", ".txt"):
+        raise DataError(f"{what} {p}: unsupported format '{suffix}' (use .csv, .tsv, .jsonl or .parquet)")
     try:
-        if suffix in (".jsonl", ".ndjson"):
-            df = pd.read_json(p, lines=True, dtype=False)
-        elif suffix == ".json":
-            df = pd.read_json(p, dtype=False)
-        elif suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(p)
-        elif suffix in (".csv", ".tsv", ".txt"):
-            df = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
-                             na_values=[""])
-        else:
-            raise DataError(f"manifest {p}: unsupported format '{suffix}' (use .csv, .tsv, .jsonl or .parquet)")
+        df, warnings = _parse(p, suffix)
     except DataError:
         raise
-    except Exception as e:  # pandas raises many types for malformed files
-        raise DataError(f"manifest {p} could not be parsed: {type(e).__name__}: {e}") from e
+    except Exception as e:  # pandas/pyarrow raise many types for malformed files
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        raise DataError(f"{what} {p} could not be parsed: {reason}") from e
+    df.columns = [str(c) for c in df.columns]
+    return df, warnings
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read a CSV, TSV, JSONL or Parquet manifest.
+
+    Lines that are not UTF-8 are decoded as latin-1; the lines are named in ``Manifest.warnings``
+    (and logged) instead of rejecting the file.
+
+    Raises:
+        DataError: the file is missing, cannot be parsed (the line is named where known), is empty,
+            or has no ``image`` column.
+    """
+    p = Path(path).expanduser()
+    df, warnings = read_table(p)
     if "image" not in df.columns:
         raise DataError(
             f"manifest {p} has no 'image' column (columns: {', '.join(map(str, df.columns))}); "
@@ -164,7 +243,11 @@ def read_manifest(path: str | Path) -> Manifest:
         )
     if len(df) == 0:
         raise DataError(f"manifest {p} has no rows")
-    return Manifest(df.reset_index(drop=True), p.resolve().parent, p.resolve())
+    if isinstance(df["image"], pd.DataFrame):
+        raise DataError(f"manifest {p} has several 'image' columns; keep one")
+    for w in warnings:
+        log.warning(w)
+    return Manifest(df.reset_index(drop=True), p.resolve().parent, p.resolve(), warnings)
 
 
 @dataclass
@@ -183,6 +266,8 @@ def check_row(m: Manifest, i: int, *, need_caption: bool = True, read: bool = Tr
     raw = m.df["image"].iloc[i]
     if _is_missing(raw) or not str(raw).strip():
         return "empty image path"
+    if "\x00" in str(raw):
+        return "image path holds a NUL byte"
     src = m.image_source(i)
     for file_part in m.image_files(i):
         if not file_part.exists():
@@ -198,6 +283,41 @@ def check_row(m: Manifest, i: int, *, need_caption: bool = True, read: bool = Tr
             reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
             return f"unreadable image: {reason}"
     return None
+
+
+def unknown_label_rows(manifest: Manifest, card: DomainCard) -> list[tuple[int, str]]:
+    """(row, label) for every label of the manifest that the card does not know (name or synonym).
+
+    Rows are 0-based data rows, as in :class:`BadRow`.
+    """
+    known: dict[str, bool] = {}
+    out = []
+    for i in range(len(manifest)):
+        for lab in manifest.labels(i):
+            if lab not in known:
+                known[lab] = card.find_label(lab) is not None
+            if not known[lab]:
+                out.append((i, lab))
+    return out
+
+
+def unknown_labels(manifest: Manifest | str | Path, card: DomainCard) -> dict[str, int]:
+    """Labels of a manifest outside the card's label sets -> the number of rows that carry them.
+
+    Such rows are still usable for training (the label is only used for evaluation and KEEP groups),
+    so callers report this as a warning, most frequent first.
+
+    Example:
+        >>> import pandas as pd, tempfile, pathlib
+        >>> from medvlp.domains import load_card
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> pd.DataFrame({"image": ["a.png", "b.png"], "label": ["pneumonia", "zebra"]}).to_csv(d / "m.csv", index=False)
+        >>> unknown_labels(d / "m.csv", load_card("cxr"))
+        {'zebra': 1}
+    """
+    m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    counts = Counter(lab for _, lab in unknown_label_rows(m, card))
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def validate_manifest(path: str | Path, *, read_images: bool = True, reader_options: dict | None = None,
@@ -225,3 +345,50 @@ def validate_manifest(path: str | Path, *, read_images: bool = True, reader_opti
         if reason is not None:
             bad.append(BadRow(i, str(m.df["image"].iloc[i]), reason))
     return m, bad
+
+
+def check_out_manifest(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--out {p} is a folder; give a manifest file name such as {p / 'manifest.csv'}")
+    if p.suffix.lower() not in MANIFEST_SUFFIXES:
+        raise ConfigError(f"--out {p}: manifest must end in one of {', '.join(MANIFEST_SUFFIXES)}")
+    return p
+
+
+
+
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a manifest (CSV, JSONL or Parquet by suffix) atomically: a crash never leaves half a file.
+
+    List-valued cells (captions, multi-label labels) must already be JSON text, so the three formats
+    hold the same strings.
+    """
+    p = check_out_manifest(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        elif suffix == ".jsonl":
+            # Written by hand: pandas escapes "/" in paths as "\\/", valid JSON but unreadable.
+            clean = df.astype(object).where(df.notna(), None)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for rec in clean.to_dict("records"):
+                    fh.write(json.dumps(rec, ensure_ascii=False, default=_json_default) + "\n")
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):  # numpy ints/floats in metadata columns
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to a JSONL manifest")

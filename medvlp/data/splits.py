@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medvlp.data.manifest import parse_list_cell, read_manifest, write_manifest
 from medvlp.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,6 @@ class SplitSummary:
 
 
 def _cell_labels(value: Any) -> list[str]:
-    from medvlp.data.manifest import parse_list_cell
 
     return [str(v) for v in parse_list_cell(value)]
 
@@ -362,8 +362,6 @@ def split_manifest(
         ConfigError: fractions outside [0, 1) or summing to 1 or more.
         DataError: unreadable manifest, or ``by``/``stratify`` naming a missing column.
     """
-    from medvlp.data.importers import write_manifest
-    from medvlp.data.manifest import read_manifest
 
     for name, value in (("--val", val), ("--test", test)):
         if not 0 <= value < 1:

@@ -24,7 +24,7 @@ def cached_model(source: str, domain: str) -> Any:
 
 def choose_domain_and_model() -> tuple[Any, Any]:
     """Sidebar: domain, and a model (the demo model, or a run folder / zoo id). Returns (card, model or None)."""
-    from medvlp.data.synthetic import DEMOS
+    from medvlp.demos.corpora import DEMOS
     from medvlp.domains import list_domains, load_card
 
     domains = list_domains()

@@ -13,7 +13,6 @@ from medvlp.ontology.loaders import (
 from medvlp.ontology.matcher import (
     ConceptMatcher,
     Mention,
-    fill_concepts,
     mentions_to_concepts,
     normalize_token,
     tokenize,
@@ -47,7 +46,6 @@ __all__ = [
     "contrastive_loss",
     "evaluate_retrieval",
     "expand_prompts",
-    "fill_concepts",
     "holdout_synonyms",
     "load_json",
     "load_obo",

@@ -26,14 +26,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from medvlp.ontology.graph import ConceptGraph
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-__all__ = ["ConceptMatcher", "Mention", "fill_concepts", "mentions_to_concepts", "normalize_token", "tokenize"]
+__all__ = ["ConceptMatcher", "Mention", "mentions_to_concepts", "normalize_token", "tokenize"]
 
 # Numbers keep their decimal point ("3.5 cm" is one token, not a clause end); words keep inner
 # apostrophes ("Crohn's"); clause punctuation is a token of its own; everything else separates.
@@ -336,81 +333,3 @@ class ConceptMatcher:
     def match_many(self, texts: Iterable[str]) -> list[list[Mention]]:
         """:meth:`match` for each text."""
         return [self.match(t) for t in texts]
-
-
-def _cell_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float):
-        return value != value  # NaN
-    if isinstance(value, str):
-        return not value.strip()
-    try:
-        import pandas as pd
-
-        return value is pd.NA
-    except ImportError:  # pragma: no cover - pandas is a core dependency
-        return False
-
-
-def fill_concepts(
-    manifest_df: pd.DataFrame,
-    graph: ConceptGraph | ConceptMatcher,
-    *,
-    caption_column: str = "caption",
-    overwrite: bool = False,
-) -> pd.DataFrame:
-    """Fill a manifest's ``concepts`` column from its captions where it is absent or empty.
-
-    Each filled cell is a JSON list (a string, so that CSV manifests round-trip and
-    :func:`medvlp.data.manifest.parse_list_cell` reads it back) of ``{"id", "span": [start, end],
-    "negated"}``; spans index the caption. A row whose ``caption`` cell is a JSON list of several
-    captions gets ``"caption": k`` in each entry, naming the caption the span belongs to. Cells that
-    already hold concepts are kept unless ``overwrite``.
-
-    Args:
-        manifest_df: the manifest table (``Manifest.df``); not modified.
-        graph: the ontology whose concepts are matched (or a ready :class:`ConceptMatcher`).
-        caption_column: column with the captions.
-        overwrite: re-match every row, replacing existing concepts.
-
-    Returns:
-        A copy of ``manifest_df`` with a filled ``concepts`` column (``"[]"`` where no concept is found
-        or the row has no caption).
-
-    Example:
-        >>> import pandas as pd
-        >>> from medvlp.ontology.graph import Concept, ConceptGraph
-        >>> g = ConceptGraph([Concept("cxr:pneumothorax", "pneumothorax")])
-        >>> fill_concepts(pd.DataFrame({"image": ["a.png"], "caption": ["No pneumothorax."]}), g)["concepts"][0]
-        '[{"id": "cxr:pneumothorax", "span": [3, 15], "negated": true}]'
-    """
-    import json
-
-    from medvlp.data.manifest import parse_list_cell
-
-    matcher = graph if isinstance(graph, ConceptMatcher) else ConceptMatcher(graph)
-    df = manifest_df.copy()
-    n = len(df)
-    existing = df["concepts"].tolist() if "concepts" in df.columns else [None] * n
-    captions = df[caption_column].tolist() if caption_column in df.columns else [None] * n
-    filled: list[Any] = []
-    for old, cell in zip(existing, captions, strict=True):
-        if not overwrite and not _cell_missing(old):
-            filled.append(old)
-            continue
-        texts = [str(c) for c in parse_list_cell(cell) if str(c).strip()]
-        if len(texts) == 1:
-            concepts = mentions_to_concepts(matcher.match(texts[0]))
-        else:
-            concepts = [d for k, t in enumerate(texts) for d in mentions_to_concepts(matcher.match(t), k)]
-        filled.append(json.dumps(concepts, ensure_ascii=False))
-    df["concepts"] = _object_column(filled)
-    return df
-
-
-def _object_column(values: list[Any]) -> Any:
-    """A list as an object-dtype column (keeps JSON strings and existing lists as they are)."""
-    import pandas as pd
-
-    return pd.Series(values, dtype=object).values

@@ -89,7 +89,7 @@ def resolve_data(cfg: TrainConfig, card: DomainCard, dinfo: DistInfo) -> tuple[M
         return stub, None, (f"shards {cfg.data} (samples with split val/test are left out of training); "
                             f"no held-out metrics: pass --val-data MANIFEST for zero-shot evaluation")
     if cfg.data is None:
-        from medvlp.data.synthetic import demo_manifest
+        from medvlp.demos.corpora import demo_manifest
 
         demo = card.demo
         kwargs = {k: demo[k] for k in ("n_per_class", "size") if k in demo}

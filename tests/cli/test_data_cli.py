@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from medvlp.cli.data import app
+from medvlp.cli.main import main
 from medvlp.data.shards import read_shard
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -22,6 +23,7 @@ CARD = """
 name = "{name}"
 [prompts]
 templates = ["a chest x-ray showing {{}}.", "chest radiograph with {{}}."]
+captions = ["chest x-ray: {{}}.", "frontal chest radiograph, {{}}."]
 [label_sets.pneumonia]
 labels = [
   {{ name = "normal", concept = "cxr:normal_chest", synonyms = ["clear lungs"] }},
@@ -30,8 +32,31 @@ labels = [
 """
 
 
-def _run(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
+@dataclass
+class _Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def _main(*args: object) -> _Result:
+    """Run ``medvlp ARGS`` through the real entry point (its one error handler), capturing output."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return _Result(code, out.getvalue(), err.getvalue())
+
+
+def _run(*args: object) -> _Result:
+    return _main("data", *args)
 
 
 def _card(tmp_path: Path) -> Path:
@@ -95,7 +120,7 @@ def test_validate_reports_every_bad_row_and_exits_1(tmp_path: Path) -> None:
     assert out[2] == f"{path}:5: img/ok.png: empty caption"
     assert out[3].startswith(f"{path}:6: img/ok.png: column 'label' is not valid JSON")
     err = res.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: 4 of 5 rows are bad")
+    assert len(err) == 1 and err[0].startswith("medvlp: error: 4 of 5 rows are bad")
     # --no-read only checks that files exist: the undecodable PNG passes.
     res = _run("validate", path, "--no-read")
     assert res.exit_code == 1 and len(res.stdout.strip().splitlines()) == 3
@@ -128,7 +153,7 @@ def test_user_errors_exit_1_with_one_line(tmp_path: Path, args: list[str], messa
     res = _run(*[a.format(tmp=tmp_path) for a in args])
     assert res.exit_code == 1, res.output
     err = res.stderr.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert len(err.splitlines()) == 1 and err.startswith("medvlp: error: ")
     assert message in err
 
 
@@ -219,3 +244,28 @@ def test_pipeline_on_real_pneumoniamnist(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(s["png"]))), raw["val_images"][17])
     assert s["json"]["label"] == names[int(raw["val_labels"][17, 0])]
     assert s["txt"] == load_card(card).captions_for(s["json"]["label"])
+
+
+def test_validate_domain_reports_unknown_labels_as_warnings(tmp_path: Path) -> None:
+    Image.fromarray(np.full((4, 4), 7, np.uint8)).save(tmp_path / "x.png")
+    path = tmp_path / "m.csv"
+    path.write_bytes(
+        b"image,caption,label\n"
+        b"x.png,fine,pneumonia\n"
+        b"x.png,caf\xe9,zebra\n"  # not UTF-8 and an unknown label: both warnings, the row is usable
+        b"x.png,also fine,lung infection\n"
+    )
+    card = _card(tmp_path)
+    res = _run("validate", path, "--domain", card)
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.strip().splitlines()
+    assert lines[0] == f"{path}:3: warning: label 'zebra' is not in the 'clicxr' card"
+    assert lines[-1].startswith(f"ok: {path}: 3 rows, 0 bad")
+    assert "warning: 1 rows carry 1 labels not in the 'clicxr' card (zebra)" in lines[-1]
+    assert "line(s) 3 are not valid UTF-8; read as latin-1" in res.stderr
+    # An unusable row still fails, and the unknown labels are named in the one error line.
+    path.write_bytes(path.read_bytes() + b"gone.png,x,zebra\n")
+    res = _run("validate", path, "--domain", card)
+    assert res.exit_code == 1
+    err = [ln for ln in res.stderr.splitlines() if ln.startswith("medvlp: error:")]
+    assert len(err) == 1 and "1 of 4 rows are bad" in err[0] and "2 rows carry 1 labels" in err[0]

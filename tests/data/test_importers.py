@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from medvlp.cli.data import app
+from medvlp.cli.main import main
 from medvlp.data.importers import (
     HAM10000_DX,
     MEDMNIST_LABELS,
@@ -35,6 +38,7 @@ ontology = "cxr"
 default_label_set = "pneumonia"
 [prompts]
 templates = ["a chest x-ray showing {{}}.", "chest radiograph with {{}}."]
+captions = ["chest x-ray: {{}}.", "frontal chest radiograph, {{}}."]
 [label_sets.pneumonia]
 labels = [
   {{ name = "normal", concept = "cxr:normal_chest", synonyms = ["clear lungs"] }},
@@ -54,6 +58,7 @@ name = "{name}"
 ontology = "dermatology"
 [prompts]
 templates = ["a dermoscopy image of {{}}.", "skin lesion: {{}}."]
+captions = ["dermoscopic photograph of {{}}.", "close-up of a skin lesion, {{}}."]
 [label_sets.ham10000]
 labels = [
   {{ name = "actinic keratosis", concept = "derm:actinic_keratosis", synonyms = ["solar keratosis"] }},
@@ -94,6 +99,30 @@ def _captions(cell: str) -> list[str]:
     return caps
 
 
+@dataclass
+class _Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def _main(*args: object) -> _Result:
+    """Run ``medvlp ARGS`` through the real entry point (its one error handler), capturing output."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return _Result(code, out.getvalue(), err.getvalue())
+
+
+
 # --------------------------------------------------------------------------------------------------
 # folder
 
@@ -130,11 +159,14 @@ def test_import_folder_rows_paths_captions_and_problems(tmp_path: Path, cxr_card
     assert summary.n_rows == 4
     # Known label: card captions (templates x name + synonyms); unknown: templates with the raw label.
     assert _captions(df["caption"][1]) == card.captions_for("normal")
-    assert "a chest x-ray showing clear lungs." in _captions(df["caption"][1])
+    assert "chest x-ray: clear lungs." in _captions(df["caption"][1])
     assert _captions(df["caption"][0]) == [
-        "a chest x-ray showing bacterial pneumonia.",
-        "chest radiograph with bacterial pneumonia.",
+        "chest x-ray: bacterial pneumonia.",
+        "frontal chest radiograph, bacterial pneumonia.",
     ]
+    # Captions come from the caption pool, never from the zero-shot prompts (train/eval leakage).
+    prompts = {tpl.format(x) for tpl in card.prompts.templates for x in ("normal", "clear lungs", "bacterial pneumonia")}
+    assert not prompts & {c for cell in df["caption"] for c in _captions(cell)}
     assert df["group"].tolist() == [
         "bacterial pneumonia",
         "cxr:normal_chest",
@@ -280,7 +312,7 @@ def test_import_dermamnist_synthetic_maps_to_card_labels(tmp_path: Path, derm_ca
     assert summary.label_map["melanocytic nevi"] == "melanocytic nevus"
     assert summary.unknown_labels == []
     assert test["group"][4] == "derm:melanoma"
-    assert "skin lesion: malignant melanoma." in _captions(test["caption"][4])
+    assert "close-up of a skin lesion, malignant melanoma." in _captions(test["caption"][4])
     img = Image.open(tmp_path / "dm" / "images" / "test" / "3.png")
     assert img.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(img), arrays["test_images"][3])
@@ -309,7 +341,7 @@ def test_import_chestmnist_multilabel(tmp_path: Path, cxr_card_path: Path) -> No
     assert labels == [[], ["atelectasis"], ["atelectasis", "pleural effusion", "hernia"], []]
     assert json.loads(df["medmnist_label"][2]) == ["atelectasis", "effusion", "hernia"]
     assert _captions(df["caption"][0]) == card.captions_for("no finding")
-    assert _captions(df["caption"][2])[0] == "a chest x-ray showing atelectasis, pleural effusion and hernia."
+    assert _captions(df["caption"][2])[0] == "chest x-ray: atelectasis, pleural effusion and hernia."
     assert summary.counts["train"] == {
         "(no finding)": 2,
         "atelectasis": 2,
@@ -546,11 +578,10 @@ def test_cli_user_errors_exit_1_with_one_line(
     _png(tmp_path / "imgs" / "normal" / "a.png", 1)
     (tmp_path / "map.json").write_text(json.dumps({"viral": "pneumonia"}))
     argv = [a.format(tmp=tmp_path, card=cxr_card_path) for a in args]
-    res = CliRunner().invoke(app, argv)
+    res = _main("data", *argv)
     assert res.exit_code == 1
-    assert res.exception is None or isinstance(res.exception, SystemExit)
     err = res.stderr.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert len(err.splitlines()) == 1 and err.startswith("medvlp: error: ")
     assert message in err
 
 
@@ -609,7 +640,7 @@ def test_import_folder_groups_microscopy_channel_files(tmp_path: Path) -> None:
 
     card = tmp_path / "testmic.toml"
     card.write_text(
-        'name = "testmic"\n[image]\nreader = "multichannel"\n[prompts]\ntemplates = ["fluorescence image of {}."]\n'
+        'name = "testmic"\n[image]\nreader = "multichannel"\n[prompts]\ntemplates = ["fluorescence image of {}."]\ncaptions = ["fluorescence micrograph of {}."]\n'
         '[label_sets.cells]\nlabels = [{ name = "mitotic cells", concept = "mic:mitosis" }]\n'
     )
     cls = tmp_path / "fields" / "mitotic_cells"

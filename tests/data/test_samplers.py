@@ -38,7 +38,7 @@ def _sampler(**kw) -> GroupBatchSampler:
 @pytest.fixture(scope="module")
 def tiles_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pathology demo corpus as PNG tiles (6 classes x 16 images, 64 px); group = primary concept."""
-    from medvlp.data.synthetic import demo_manifest
+    from medvlp.demos.corpora import demo_manifest
 
     out = tmp_path_factory.mktemp("keep-demo")
     return demo_manifest(

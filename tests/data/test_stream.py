@@ -26,7 +26,7 @@ def _tok(texts: list[str]) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from medvlp.data.synthetic import demo_manifest
+    from medvlp.demos.corpora import demo_manifest
 
     root = tmp_path_factory.mktemp("stream")
     path = demo_manifest("pathology", n_per_class=8, size=64, out_dir=root / "demo", progress=False,

@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from medvlp.data import synthetic
-from medvlp.data.manifest import read_manifest
-from medvlp.data.synthetic import COLUMNS, demo_manifest
+from medvlp.data.manifest import parse_list_cell, read_manifest
+from medvlp.demos import corpora as synthetic
+from medvlp.demos.corpora import COLUMNS, demo_manifest
 from medvlp.domains import load_card
 from medvlp.errors import ConfigError
 from medvlp.io import read_image
@@ -184,7 +185,7 @@ def test_cxr_dicom_monochrome1_and_2_read_alike(corpora: dict, tmp_path: Path) -
     """DICOM demo files go through rescale/window/inversion; one film stored either way reads alike."""
     import pydicom
 
-    from medvlp.data.synthetic_cxr import render_cxr, write_dicom
+    from medvlp.demos.cxr import render_cxr, write_dicom
 
     m = read_manifest(corpora[("cxr", "dicom")])
     kinds = {
@@ -227,7 +228,7 @@ def test_wsi_demo_slides_tiles_and_masks(corpora: dict) -> None:
     import h5py
     import tifffile
 
-    from medvlp.data.synthetic_wsi import MIN_PRIMARY, SLIDE_MPP, TILE_MPP
+    from medvlp.demos.wsi import MIN_PRIMARY, SLIDE_MPP, TILE_MPP
     from medvlp.io.images import parse_tile_ref
     from medvlp.io.wsi import open_slide, resolve_mpp
 
@@ -267,3 +268,20 @@ def test_wsi_demo_slides_tiles_and_masks(corpora: dict) -> None:
         # A tile's pixels look like its class: glass (near white, unsaturated) is never the majority.
         arr = np.asarray(tile, dtype=np.float32)
         assert (arr.max(-1) - arr.min(-1)).mean() > 20
+
+
+def _norm_text(text: str) -> str:
+    return " ".join(text.lower().replace(".", " ").split())
+
+
+@pytest.mark.parametrize("key", list(SMALL), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_demo_captions_are_never_zero_shot_prompts(corpora: dict, key: tuple[str, str]) -> None:
+    """A caption equal to a zero-shot prompt would leak the evaluation prompts into training."""
+    card = load_card(key[0])
+    names = {n for ls in card.label_sets.values() for lab in ls.labels for n in (lab.name, *lab.synonyms)}
+    prompts = {_norm_text(t.format(n)) for t in card.prompts.templates for n in names}
+    df = pd.read_csv(corpora[key])
+    captions = [c for cell in df["caption"] for c in parse_list_cell(cell)]
+    assert captions
+    leaked = sorted({c for c in captions if _norm_text(c) in prompts})
+    assert not leaked, f"demo captions equal to zero-shot prompts of the '{key[0]}' card: {leaked[:5]}"

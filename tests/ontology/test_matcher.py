@@ -1,13 +1,8 @@
-"""Concept matcher: synonyms, case/punctuation, longest match, spans, negation/uncertainty, fill_concepts."""
+"""Concept matcher: synonyms, case/punctuation, longest match, spans, negation/uncertainty."""
 
 from __future__ import annotations
 
-import json
-
-import pandas as pd
-
-from medvlp.data.manifest import parse_list_cell
-from medvlp.ontology import Concept, ConceptGraph, ConceptMatcher, fill_concepts, load_ontology
+from medvlp.ontology import Concept, ConceptGraph, ConceptMatcher, load_ontology
 
 
 def spans(matcher, text):
@@ -64,27 +59,6 @@ def test_bundled_cxr_caption():
     assert got[(3, 15, "cxr:pneumothorax")] == (True, False)
     assert got[(42, 51, "cxr:pneumonia")] == (False, True)
     assert got[(65, 81, "cxr:pleural_effusion")] == (False, False)
-
-
-def test_fill_concepts(small_graph):
-    df = pd.DataFrame({
-        "image": ["a.png", "b.png", "c.png", "d.png"],
-        "caption": ["No pleural effusion; lobar pneumonia.", '["Possible consolidation.", "no ARDS"]', "",
-                    "nothing here"],
-        "concepts": [None, None, None, '["t:pleura"]'],
-    })
-    out = fill_concepts(df, small_graph)
-    assert df["concepts"].isna().sum() == 3  # input untouched
-    rows = [parse_list_cell(v) for v in out["concepts"]]
-    assert rows[0] == [{"id": "t:effusion", "span": [3, 19], "negated": True},
-                       {"id": "t:lobar", "span": [21, 36], "negated": False}]
-    assert rows[1] == [{"id": "t:consolidation", "span": [9, 22], "negated": False, "caption": 0},
-                       {"id": "t:ards", "span": [3, 7], "negated": True, "caption": 1}]
-    assert rows[2] == [] and rows[3] == ["t:pleura"]  # existing cells are kept
-    again = fill_concepts(out.drop(columns=["concepts"]), ConceptMatcher(small_graph))
-    assert json.loads(again["concepts"][0]) == rows[0] and json.loads(again["concepts"][3]) == []
-    forced = fill_concepts(df, small_graph, overwrite=True)
-    assert forced["concepts"][3] == "[]"
 
 
 def test_hpo_vocabulary(hpo_graph):

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from medvlp.data.synthetic import (
+from medvlp.demos.corpora import (
     Corpus,
     DemoClass,
     cased,

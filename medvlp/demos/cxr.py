@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medvlp.data.synthetic import (
+from medvlp.demos.corpora import (
     Corpus,
     DemoClass,
     cased,

@@ -1,7 +1,7 @@
 """Pathology demo as whole slides: synthetic pyramidal TIFFs with annotated regions, tiled for real.
 
 Each slide is a tissue section on glass whose regions are the six tissue classes of the pathology demo,
-painted with the same textures as the tile-image variant (:data:`medvlp.data.synthetic.PATHOLOGY_CLASSES`)
+painted with the same textures as the tile-image variant (:data:`medvlp.demos.corpora.PATHOLOGY_CLASSES`)
 at the tiles' resolution and upsampled to level 0 (``SLIDE_MPP`` µm/px). Slides are written as
 JPEG-compressed tiled pyramidal TIFFs (consecutive pages, reduced levels with ``subfiletype=1``,
 resolution tags in pixels per centimetre), with the region annotation saved beside each slide as a PNG at the tiles' resolution (0 = glass, 1 + class index).
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medvlp.data.synthetic import (
+from medvlp.demos.corpora import (
     PATHOLOGY_CLASSES,
     Corpus,
     pathology_caption,
