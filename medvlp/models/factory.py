@@ -307,8 +307,16 @@ class MedVLP(nn.Module):
         """Write an open_clip-compatible folder (config + safetensors) plus medvlp's metadata."""
         from safetensors.torch import save_file
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        import os
+        import shutil
+
+        final = Path(directory)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # Written into a temp folder, then renamed into place: a run killed mid-write never leaves a
+        # half-written model folder behind (the temp folder is removed when the run starts again).
+        d = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
         cfg = copy.deepcopy(self.spec.model_cfg)
         cfg["custom_text"] = True
         portable = copy.deepcopy(cfg)
@@ -333,7 +341,15 @@ class MedVLP(nn.Module):
             hsd = {k: v.detach().contiguous().cpu() for k, v in self.concept_head.state_dict().items()}
             save_file(hsd, str(d / HEADS_FILE))
         (d / MEDVLP_FILE).write_text(json.dumps(meta, indent=2))
-        return d
+        for f in d.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if final.exists():
+            os.replace(final, old)
+        os.replace(d, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
 
 
 def check_text_tower_folder(name: str) -> None:

@@ -32,6 +32,7 @@ from medvlp.objectives import INIT, CombinedObjective, build_objective
 from medvlp.objectives.distributed import mean_over_ranks
 from medvlp.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from medvlp.train.distributed import DistInfo, barrier, cleanup, init_distributed
+from medvlp.train.runfolder import atomic_write_text, exit_with_parent, prepare_run_folder
 from medvlp.train.schedule import cosine_lr
 
 
@@ -277,9 +278,8 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
     ckpt = load_checkpoint(out / "checkpoints") if cfg.resume else None
     if cfg.resume and ckpt is None:
         raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}")
-    if ckpt is None and dinfo.is_main:
-        for name in ("metrics.jsonl", "bad_samples.jsonl"):
-            (out / name).unlink(missing_ok=True)
+    if dinfo.is_main:
+        prepare_run_folder(out, int(ckpt["step"]) if ckpt is not None else None)
 
     log_scale, bias = INIT[objective.primary]
     model = create_model(model_name, device=dev, init_logit_scale=log_scale, init_logit_bias=bias,
@@ -342,6 +342,15 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
     precision = cfg.precision or ("bf16" if dev.type == "cuda" else "fp32")
     save_every = cfg.save_every or max(10, steps // 10)
 
+    unknown: dict[str, int] = {}
+    if dinfo.is_main and len(train_m) and "caption" in train_m.columns:
+        from medvlp.eval.hygiene import write_caption_record
+
+        write_caption_record(out, train_m, card)  # eval reports prompt_overlap against it
+    if len(train_m) and "label" in train_m.columns:
+        from medvlp.data.manifest import unknown_labels
+
+        unknown = unknown_labels(train_m, card)
     resolved = TrainConfig(**{**cfg.to_dict(), "model": model_name, "steps": steps, "epochs": None,
                               "batch_size": batch, "lr": lr, "precision": precision, "lock_text": lock_text,
                               "out": str(out), "save_every": save_every, "device": str(dev)})
@@ -353,6 +362,9 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
         f"{objective.weights} | device {dev}{f' x{dinfo.world} processes' if dinfo.distributed else ''}\n"
         f"  data: {data_desc}: {len(ds)} training samples ({len(ds.bad)} skipped)"
         f"{f', {len(held_m)} held-out' if held_m is not None else ''}\n"
+        + (f"  labels not in the '{card.name}' card (kept; zero-shot uses their raw names): "
+           f"{', '.join(f'{k!r} x{v}' for k, v in list(unknown.items())[:8])}"
+           f"{' ...' if len(unknown) > 8 else ''}\n" if unknown else "") +
         f"  schedule: {steps} steps ({steps_why}) x batch {batch} = {steps * batch / len(ds):.1f} epochs, "
         f"lr {lr:.2e} cosine, warm-up {warmup}, precision {precision}, text tower "
         f"{'locked' if lock_text else 'trained'}\n  run folder: {out}"
@@ -393,7 +405,7 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
         ds.configure(batch, steps, start)
         workers = cfg.workers if cfg.workers is not None else min(8, _cpus())
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
-                                             pin_memory=dev.type == "cuda")
+                                             pin_memory=dev.type == "cuda", worker_init_fn=exit_with_parent)
     elif keep_data is not None:
         n_per = keep_data.n_per_group
         if batch % n_per:
@@ -410,7 +422,8 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
         workers = cfg.workers if cfg.workers is not None else (min(2, _cpus()) if ds.images is not None
                                                                else min(8, _cpus()))
         loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-                                             pin_memory=dev.type == "cuda", persistent_workers=workers > 0)
+                                             pin_memory=dev.type == "cuda", persistent_workers=workers > 0,
+                                             worker_init_fn=exit_with_parent)
     normalizer = Normalizer(opts.mean, opts.std).to(dev)
     pbar = None
     if dinfo.is_main and not quiet:
@@ -481,7 +494,7 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
             from medvlp.eval.zeroshot import evaluate_manifest
 
             metrics = evaluate_manifest(model, held_m, card=card, progress=not quiet)
-            (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+            atomic_write_text(out / "eval.json", json.dumps(metrics, indent=2))
             result.metrics = metrics
             log.info(format_metrics(metrics, title=f"held-out zero-shot ({metrics['n']} images)"))
         log.info(f"done in {time.time() - t_start:.0f} s (training {train_seconds:.0f} s); model: {out / 'model'}")
