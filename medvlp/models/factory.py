@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -305,10 +304,10 @@ class MedVLP(nn.Module):
     # --- persistence -----------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write an open_clip-compatible folder (config + safetensors) plus medvlp's metadata."""
-        from safetensors.torch import save_file
-
         import os
         import shutil
+
+        from safetensors.torch import save_file
 
         final = Path(directory)
         final.parent.mkdir(parents=True, exist_ok=True)
