@@ -197,9 +197,9 @@ class Model:
                             "coverage": coverage, "n_cal": len(keep), "labels": labels, "fitted_on": str(manifest),
                             "method": "temperature scaling + split conformal (LAC)"}
         if save and self.source and Path(self.source).is_dir():
-            from medvlp.models.zoo import _model_dir
+            from medvlp.models.zoo import model_dir
 
-            meta_path = _model_dir(Path(self.source)) / "medvlp.json"
+            meta_path = model_dir(Path(self.source)) / "medvlp.json"
             if meta_path.is_file():
                 meta = json.loads(meta_path.read_text())
                 meta["calibration"] = self.calibration

@@ -5,12 +5,12 @@ from medvlp.models.factory import (
     MedVLP,
     ModelSpec,
     Tokenizer,
-    create_model,
     describe_models,
     get_spec,
     list_models,
     load_saved,
 )
+from medvlp.models.loading import create_model
 from medvlp.models.zoo import load_model
 
 __all__ = [

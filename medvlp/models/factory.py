@@ -133,10 +133,10 @@ def get_spec(name: str) -> ModelSpec:
             "'local-dir:PATH' or 'hf-hub:ORG/NAME' also work"
         )
     raw = json.loads(reg[name].read_text())
-    return _spec_from_raw(name, raw)
+    return spec_from_raw(name, raw)
 
 
-def _spec_from_raw(name: str, raw: dict[str, Any]) -> ModelSpec:
+def spec_from_raw(name: str, raw: dict[str, Any]) -> ModelSpec:
     raw = copy.deepcopy(raw)
     pre = raw.pop("preprocess_cfg", {})
     desc = raw.pop("description", "")
@@ -395,7 +395,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                          "(re-save or re-download the model)") from None
 
 
-def _build_clip(spec: ModelSpec, init_logit_scale: float | None, init_logit_bias: float | None) -> nn.Module:
+def build_clip(spec: ModelSpec, init_logit_scale: float | None, init_logit_bias: float | None) -> nn.Module:
     from open_clip.model import CustomTextCLIP
 
     cfg = copy.deepcopy(spec.model_cfg)
@@ -426,46 +426,6 @@ def _build_clip(spec: ModelSpec, init_logit_scale: float | None, init_logit_bias
         ) from e
 
 
-def create_model(
-    name: str = "tiny",
-    *,
-    device: str | torch.device = "cpu",
-    init_logit_scale: float | None = None,
-    init_logit_bias: float | None = None,
-    concept_head: bool = False,
-    seed: int | None = None,
-) -> MedVLP:
-    """Build a model by registered name (random init except pretrained text towers).
-
-    Args:
-        name: a name from :func:`list_models`, a run folder, ``local-dir:PATH`` or ``hf-hub:ID``
-            (those three load weights; see :func:`load_model`).
-        device: where to put it.
-        init_logit_scale: log of the initial logit scale (objective-dependent; SigLIP uses log 10).
-        init_logit_bias: initial logit bias (SigLIP uses -10); None for no bias.
-        concept_head: attach the patch->concept head.
-        seed: seed the initialisation, so two processes build identical weights.
-
-    Raises:
-        ModelError: unknown name, or the model needs a download while offline.
-    """
-    if name.startswith(("hf-hub:", "local-dir:")) or Path(name).is_dir():
-        from medvlp.models.zoo import load_model
-
-        model = load_model(name, device=device)
-        if concept_head:
-            model.add_concept_head()
-        return model
-    spec = get_spec(name)
-    if seed is not None:
-        torch.manual_seed(seed)
-    clip = _build_clip(spec, init_logit_scale, init_logit_bias)
-    model = MedVLP(spec, clip, Tokenizer(spec.model_cfg["text_cfg"]))
-    if concept_head:
-        model.add_concept_head()
-    return model.to(device)
-
-
 def load_saved(directory: str | Path, device: str | torch.device = "cpu") -> MedVLP:
     """Load a folder written by :meth:`MedVLP.save` (weights via safetensors only).
 
@@ -492,12 +452,12 @@ def load_saved(directory: str | Path, device: str | torch.device = "cpu") -> Med
         name = str(d)
     else:
         raise ModelError(f"{d} is not a model folder (no {MEDVLP_FILE} or {CONFIG_FILE})")
-    spec = _spec_from_raw(name, raw)
+    spec = spec_from_raw(name, raw)
     if not (d / MODEL_FILE).is_file():
         raise ModelError(f"{d}: weights file {MODEL_FILE} is missing")
     sd = read_safetensors(d / MODEL_FILE)
     bias = 0.0 if "logit_bias" in sd else None
-    clip = _build_clip(spec, None, bias)
+    clip = build_clip(spec, None, bias)
     missing, unexpected = clip.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ModelError(f"{d}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")

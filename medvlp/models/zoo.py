@@ -209,7 +209,7 @@ def format_zoo() -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _model_dir(path: Path) -> Path:
+def model_dir(path: Path) -> Path:
     """A run folder holds its model in ``model/``; a model folder is used as it is."""
     for cand in (path / "model", path):
         if (cand / MEDVLP_FILE).is_file() or (cand / CONFIG_FILE).is_file():
@@ -287,7 +287,7 @@ def load_open_clip_dir(d: str | Path, device: str | torch.device = "cpu", name: 
     """
     from open_clip.model import convert_to_custom_text_state_dict
 
-    from medvlp.models.factory import MedVLP, Tokenizer, _build_clip, _spec_from_raw
+    from medvlp.models.factory import MedVLP, Tokenizer, build_clip, spec_from_raw
 
     d = Path(d)
     try:
@@ -304,11 +304,11 @@ def load_open_clip_dir(d: str | Path, device: str | torch.device = "cpu", name: 
             tc["hf_tokenizer_name"] = str(d)
         tc["hf_model_pretrained"] = False  # the checkpoint holds the text weights: no second download
     raw = {**cfg, "preprocess_cfg": oc.get("preprocess_cfg", {})}
-    spec = _spec_from_raw(name or str(d), raw)
+    spec = spec_from_raw(name or str(d), raw)
     sd = convert_to_custom_text_state_dict(_read_weights(d))
     bias = 0.0 if "logit_bias" in sd else None
     try:
-        clip = _build_clip(spec, None, bias)
+        clip = build_clip(spec, None, bias)
     except (RuntimeError, KeyError, ValueError) as e:  # e.g. an unknown timm/custom architecture
         raise ModelError(f"{d}: open_clip cannot build this model ({type(e).__name__}: {str(e)[:200]})") from e
     missing, unexpected = clip.load_state_dict(sd, strict=False)
@@ -322,7 +322,7 @@ def load_open_clip_dir(d: str | Path, device: str | torch.device = "cpu", name: 
 
 
 def _load_dir(d: Path, device: str | torch.device, name: str | None = None) -> MedVLP:
-    md = _model_dir(d)
+    md = model_dir(d)
     if (md / MEDVLP_FILE).is_file():
         model = load_saved(md, device=device)
         _timm_tokens(model.clip.visual)
@@ -371,3 +371,6 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> MedVLP
     if not path.exists():
         raise ModelError(f"model folder {path} does not exist")
     return _load_dir(path, device)
+
+
+_model_dir = model_dir  # the name used before it was public

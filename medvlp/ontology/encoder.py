@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medvlp.errors import ConfigError, ModelError
-from medvlp.ontology.graph import Concept, ConceptGraph, _dedupe
+from medvlp.ontology.graph import Concept, ConceptGraph, dedupe
 
 if TYPE_CHECKING:
     import torch
@@ -69,7 +69,7 @@ def concept_texts(concept: Concept, include_definition: bool = True) -> list[str
     texts = list(concept.texts)
     if include_definition and concept.definition.strip():
         texts.append(concept.definition.strip())
-    return _dedupe(texts)
+    return dedupe(texts)
 
 
 class ConceptEncoder:
@@ -346,7 +346,7 @@ def train_concept_encoder(
     pool: dict[str, list[str]] = {}
     for cid in ids:
         own = texts.get(cid) if texts is not None else None
-        ts = _dedupe(own) if own is not None else concept_texts(graph[cid], include_definition)
+        ts = dedupe(own) if own is not None else concept_texts(graph[cid], include_definition)
         if len(ts) >= 2:
             pool[graph.resolve(cid)] = ts
     if len(pool) < 2:

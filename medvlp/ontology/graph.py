@@ -102,7 +102,7 @@ class LoadIssue:
         return f"{where}: {self.reason}"
 
 
-def _dedupe(items: Iterable[str], exclude: str = "") -> list[str]:
+def dedupe(items: Iterable[str], exclude: str = "") -> list[str]:
     """Unique non-empty strings, order kept, compared case-insensitively, ``exclude`` left out."""
     seen = {exclude.casefold()} if exclude else set()
     out = []
@@ -450,8 +450,8 @@ class ConceptGraph:
                     xref_index.setdefault(xref_key(x), cid)
                 continue
             t = out[target]
-            t.synonyms = _dedupe([*t.synonyms, c.name, *c.synonyms], exclude=t.name)
-            t.xrefs = _dedupe([*t.xrefs, *c.xrefs])
+            t.synonyms = dedupe([*t.synonyms, c.name, *c.synonyms], exclude=t.name)
+            t.xrefs = dedupe([*t.xrefs, *c.xrefs])
             t.parents = [*t.parents, *(p for p in c.parents if p not in t.parents)]
             t.relations = [*t.relations, *(r for r in c.relations if r not in t.relations)]
             t.definition = t.definition or c.definition
@@ -548,9 +548,5 @@ class ConceptGraph:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=2) + "\n",
                               encoding="utf-8")
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> ConceptGraph:
-        """Read a project ontology JSON; bad entries become ``load_issues`` (see :func:`load_json`)."""
-        from medvlp.ontology.loaders import load_json
 
-        return load_json(path)
+_dedupe = dedupe  # the name used before it was public
