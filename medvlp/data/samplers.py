@@ -72,7 +72,7 @@ def row_concept(m: Manifest, i: int, graph: Any = None) -> str | None:
     return None
 
 
-def _label_concept(name: str, graph: Any = None, card: Any = None) -> str | None:
+def label_concept(name: str, graph: Any = None, card: Any = None) -> str | None:
     """Concept id of a label name: via the domain card's label sets, then the ontology's names."""
     if card is not None:
         lab = card.find_label(name)
@@ -108,7 +108,7 @@ def group_keys(m: Manifest, *, graph: Any = None, card: Any = None) -> list[str]
         key = row_concept(m, i, graph)
         if key is None:
             for lab in m.labels(i):
-                key = _label_concept(lab, graph, card) or lab
+                key = label_concept(lab, graph, card) or lab
                 break
         if key is None and graph is not None and m.captions(i):
             if matcher is None:

@@ -331,7 +331,7 @@ def _group_concepts(
 ) -> list[str | None]:
     """Concept of each group: its key when that is a concept (or label) of the ontology, else the most
     common first concept among its rows."""
-    from medvlp.data.samplers import _label_concept
+    from medvlp.data.samplers import label_concept
 
     out: list[str | None] = []
     votes: dict[int, Counter] = {}
@@ -339,7 +339,7 @@ def _group_concepts(
         if graph is not None and graph.get(key) is not None:
             c = graph.resolve(key)
         else:
-            c = _label_concept(key, graph, card)
+            c = label_concept(key, graph, card)
         out.append(c)
         if c is None:
             votes[g] = Counter()
