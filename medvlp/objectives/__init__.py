@@ -76,6 +76,14 @@ class CombinedObjective(nn.Module):
                 return name
         return next(iter(self.parts))
 
+    @torch.no_grad()
+    def post_step(self, model: nn.Module) -> None:
+        """After each optimizer step: let every part clamp the scales it owns (``part.post_step(model)``)."""
+        for part in self.parts.values():
+            hook = getattr(part, "post_step", None)
+            if hook is not None:
+                hook(model)
+
     def forward(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
         total = None

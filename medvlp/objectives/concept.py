@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import re
 import warnings
 import zlib
@@ -237,6 +238,13 @@ class ConceptObjective(nn.Module):
                              "a medvlp model (medvlp.models.create_model)")
         self._project = inner.project_text_tokens
         return self
+
+    @torch.no_grad()
+    def post_step(self, model: nn.Module) -> None:
+        """Clamp the concept head's log logit scale to [0, log 100], as clip's (called after each step)."""
+        head = getattr(getattr(model, "module", model), "concept_head", None)
+        if head is not None:
+            head.logit_scale.clamp_(0, math.log(100))
 
     def forward(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         if out.get("patch_embeddings") is None:

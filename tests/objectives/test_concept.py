@@ -514,3 +514,10 @@ def test_objective_reports_masked_count() -> None:
            "concept_logit_bias": b}
     losses = obj(out, {"concepts": [[ConceptSpan("x:a", 0, 2)], [ConceptSpan("x:a", 1, 3)]]})
     assert losses["concept_masked"].item() == 2.0
+
+
+def test_post_step_clamps_the_concept_logit_scale() -> None:
+    head = SimpleNamespace(logit_scale=torch.nn.Parameter(torch.tensor(9.0)))
+    obj = build_objective("siglip+concept")
+    obj.post_step(SimpleNamespace(concept_head=head))
+    assert head.logit_scale.item() == pytest.approx(math.log(100))
