@@ -15,7 +15,7 @@ def pretrain(
     data: Annotated[str | None, typer.Option(help="Manifest (CSV/JSONL/Parquet); omit for the demo corpus.")] = None,
     val_data: Annotated[str | None, typer.Option(help="Held-out manifest for zero-shot metrics.")] = None,
     model: Annotated[str | None, typer.Option(help="Model config, run folder or zoo id (default: card's, per device).")] = None,
-    objective: Annotated[str, typer.Option(help="clip | siglip | concept | keep | combos like siglip+concept.")] = "clip",
+    objective: Annotated[str, typer.Option(help="clip | siglip | keep | softclip | combos like siglip+concept or \"siglip+0.25*concept\" (concept needs clip or siglip).")] = "clip",
     epochs: Annotated[float | None, typer.Option(help="Passes over the data.")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimisation steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Global batch size (split over processes).")] = None,

@@ -9,7 +9,9 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import math
+import pkgutil
 import re
 from collections.abc import Callable
 
@@ -35,13 +37,23 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+_NOT_OBJECTIVES = {"base", "distributed"}
+_loaded = False
+
+
 def _load_optional() -> None:
-    # Objectives that live in their own modules register themselves on import.
-    for mod in ("medvlp.objectives.concept", "medvlp.objectives.keep", "medvlp.objectives.soft"):
-        try:
-            __import__(mod)
-        except ImportError:
-            pass
+    """Import every module of this package once; each objective module registers itself on import.
+
+    A new built-in objective is one file (no import list to edit). An ImportError inside such a module
+    propagates: a broken objective must fail with its own error, not as "unknown objective".
+    """
+    global _loaded
+    if _loaded:
+        return
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _NOT_OBJECTIVES and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+    _loaded = True
 
 
 class CombinedObjective(nn.Module):
@@ -63,6 +75,14 @@ class CombinedObjective(nn.Module):
             if name in self.parts:
                 return name
         return next(iter(self.parts))
+
+    @torch.no_grad()
+    def post_step(self, model: nn.Module) -> None:
+        """After each optimizer step: let every part clamp the scales it owns (``part.post_step(model)``)."""
+        for part in self.parts.values():
+            hook = getattr(part, "post_step", None)
+            if hook is not None:
+                hook(model)
 
     def forward(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
@@ -91,7 +111,10 @@ def parse_objective(spec: str) -> dict[str, float]:
         name = m.group(2)
         weights[name] = float(m.group(1)) if m.group(1) else DEFAULT_WEIGHTS.get(name, 1.0)
     if "concept" in weights and not ({"clip", "siglip"} & set(weights)):
-        weights = {"siglip": 1.0, **weights}  # the concept loss is added to an image-text loss
+        raise ConfigError(
+            f"objective '{spec}': the concept loss needs an image-text objective to be added to (it sets the "
+            "logit scale/bias init); write e.g. 'siglip+concept' or 'clip+0.5*concept'"
+        )
     return weights
 
 

@@ -35,8 +35,10 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import re
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -84,6 +86,12 @@ def _fields(span: Any) -> tuple[int, int, bool]:
     raise ValueError(f"a concept span must be a ConceptSpan, (id, start, end, negated) or (start, end); got {span!r}")
 
 
+def _id_key(span: Any, fallback: int) -> int:
+    """A rank-independent integer for the span's concept id; ``fallback`` (< 0, unique) when it has none."""
+    cid = span.concept_id if isinstance(span, ConceptSpan) else (span[0] if len(span) == 4 else None)
+    return fallback if cid is None else zlib.crc32(str(cid).encode())
+
+
 def concept_loss(
     patch_embeddings: torch.Tensor,
     text_tokens: torch.Tensor,
@@ -93,6 +101,8 @@ def concept_loss(
     logit_scale: torch.Tensor,
     logit_bias: torch.Tensor,
     negated: str = "negative",
+    mask_same: bool = True,
+    stats: dict | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The patch-concept sigmoid loss of this rank and the number ``M`` of concepts in the global batch.
 
@@ -105,6 +115,10 @@ def concept_loss(
         logit_bias: ``b_c``.
         negated: ``"negative"`` (negated mentions are negatives for every image, their own included) or
             ``"drop"`` (ignored).
+        mask_same: leave out of the negatives every pair (image i, concept m of caption j != i) whose
+            concept id is also mentioned (not negated) in caption i: the same finding in another image's
+            caption is not evidence that image i lacks it. Spans without an id are never masked.
+        stats: if given, ``stats["concept_masked"]`` is set to the number of masked pairs of this rank.
 
     Returns:
         ``(loss, M)``; with ``M == 0`` the loss is a zero connected to the inputs.
@@ -124,6 +138,7 @@ def concept_loss(
     rows: list[int] = []  # flat token rows (j * L + q) inside the spans
     seg: list[int] = []  # concept index of each of those rows
     weight: list[float] = []  # 1 / span length
+    ids: list[int] = []  # concept id key of each concept (see _id_key)
     for j, spans in enumerate(concepts):
         for sp in spans or ():
             a, b, neg = _fields(sp)
@@ -134,6 +149,7 @@ def concept_loss(
             m = len(owners)
             owners.append(rank * n + j)
             positive.append(0 if neg else 1)
+            ids.append(_id_key(sp, -(rank * 1_000_000 + m + 2)))
             rows.extend(range(j * length + a, j * length + b))
             seg.extend([m] * (b - a))
             weight.extend([1.0 / (b - a)] * (b - a))
@@ -143,6 +159,8 @@ def concept_loss(
     if m_total == 0:
         # Zero, but connected to every input that a non-empty batch would use (DDP needs the graph).
         zero = (patch_embeddings.sum() + project(text_tokens[:0, 0]).sum() + logit_scale + logit_bias) * 0.0
+        if stats is not None:
+            stats["concept_masked"] = 0.0
         return zero, 0
 
     flat = text_tokens.reshape(n * length, width)
@@ -153,21 +171,36 @@ def concept_loss(
     emb = F.normalize(project(means), dim=-1)  # (m_local, D)
     owner_t = torch.tensor(owners, device=dev, dtype=torch.long)
     pos_t = torch.tensor(positive, device=dev, dtype=torch.long)
+    id_t = torch.tensor(ids, device=dev, dtype=torch.long)
     if world > 1:
         # Ranks hold different numbers of concepts: pad to the largest, gather, drop the padding.
         pad = m_max - m_local
         emb = torch.cat([emb, emb.new_zeros(pad, emb.shape[1])])
         owner_t = torch.cat([owner_t, owner_t.new_full((pad,), -1)])
         pos_t = torch.cat([pos_t, pos_t.new_zeros(pad)])
+        id_t = torch.cat([id_t, id_t.new_full((pad,), -1)])
         emb, owner_t, pos_t = gather_with_grad(emb), gather_no_grad(owner_t), gather_no_grad(pos_t)
+        id_t = gather_no_grad(id_t)
         keep = owner_t >= 0
-        emb, owner_t, pos_t = emb[keep], owner_t[keep], pos_t[keep]
+        emb, owner_t, pos_t, id_t = emb[keep], owner_t[keep], pos_t[keep], id_t[keep]
     k = patch_embeddings.shape[1]
     sims = (patch_embeddings.reshape(n * k, -1) @ emb.T).view(n, k, -1).amax(dim=1)  # (n, M): best patch
     logits = logit_scale * sims + logit_bias
     mine = torch.arange(n, device=dev) + rank * n
-    z = torch.where((owner_t.unsqueeze(0) == mine.unsqueeze(1)) & (pos_t.unsqueeze(0) > 0), 1.0, -1.0)
-    loss = -F.logsigmoid(z.to(logits.dtype) * logits).sum() * (world / m_total)
+    own = owner_t.unsqueeze(0) == mine.unsqueeze(1)  # (n, M): concept m is from image i's caption
+    z = torch.where(own & (pos_t.unsqueeze(0) > 0), 1.0, -1.0)
+    terms = -F.logsigmoid(z.to(logits.dtype) * logits)
+    masked = 0.0
+    if mask_same:
+        # image i mentions (not negated) the id of concept m, which comes from another caption
+        own_pos = (own & (pos_t.unsqueeze(0) > 0)).to(torch.float32)  # (n, M)
+        same_id = (id_t.unsqueeze(0) == id_t.unsqueeze(1)).to(torch.float32)  # (M, M)
+        drop = ((own_pos @ same_id) > 0) & ~own
+        masked = float(drop.sum())
+        terms = terms.masked_fill(drop, 0.0)
+    if stats is not None:
+        stats["concept_masked"] = masked
+    loss = terms.sum() * (world / m_total)
     return loss, m_total
 
 
@@ -176,6 +209,7 @@ class ConceptObjective(nn.Module):
 
     Args:
         negated: how negated mentions count: ``"negative"`` (default) or ``"drop"``.
+        mask_same: mask same-concept pairs out of the negatives (see :func:`concept_loss`; default on).
         project: the text-token projection; usually set by :meth:`bind` with the model.
 
     ``forward(out, batch)`` reads ``out["patch_embeddings"]``, ``out["text_tokens"]``,
@@ -188,8 +222,9 @@ class ConceptObjective(nn.Module):
     needs_tokens = True
 
     def __init__(self, negated: str = "negative",
-                 project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 project: Callable[[torch.Tensor], torch.Tensor] | None = None, mask_same: bool = True) -> None:
         super().__init__()
+        self.mask_same = bool(mask_same)
         if negated not in NEGATED_MODES:
             raise ValueError(f"negated must be one of {NEGATED_MODES}, not {negated!r}")
         self.negated = negated
@@ -204,6 +239,13 @@ class ConceptObjective(nn.Module):
         self._project = inner.project_text_tokens
         return self
 
+    @torch.no_grad()
+    def post_step(self, model: nn.Module) -> None:
+        """Clamp the concept head's log logit scale to [0, log 100], as clip's (called after each step)."""
+        head = getattr(getattr(model, "module", model), "concept_head", None)
+        if head is not None:
+            head.logit_scale.clamp_(0, math.log(100))
+
     def forward(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         if out.get("patch_embeddings") is None:
             raise ModelError("the concept objective needs a model with a concept head "
@@ -214,10 +256,13 @@ class ConceptObjective(nn.Module):
         if "concepts" not in batch:
             raise ValueError("the batch has no 'concepts': build the dataset with "
                              "concept_fn=make_concept_fn(manifest, card, model)")
+        stats: dict = {}
         loss, m = concept_loss(
             out["patch_embeddings"], out["text_tokens"], batch["concepts"], project=self._project,
-            logit_scale=out["concept_logit_scale"], logit_bias=out["concept_logit_bias"], negated=self.negated)
-        return {"concept": loss, "concept_count": torch.tensor(float(m))}
+            logit_scale=out["concept_logit_scale"], logit_bias=out["concept_logit_bias"], negated=self.negated,
+            mask_same=self.mask_same, stats=stats)
+        return {"concept": loss, "concept_count": torch.tensor(float(m)),
+                "concept_masked": torch.tensor(stats["concept_masked"])}
 
 
 register("concept", ConceptObjective)

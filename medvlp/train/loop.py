@@ -456,6 +456,7 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             model.clip.logit_scale.clamp_(0, math.log(100))
+        objective.post_step(model)  # objectives clamp their own scales
         step += 1
         now = time.time()
         batch_time += now - t_data

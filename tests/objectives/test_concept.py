@@ -36,8 +36,8 @@ N, K, D, L, W = 5, 4, 6, 7, 8
 # ------------------------------------------------------------------------------------------------
 # The reference: loops over images, concepts and patches, nothing vectorised
 # ------------------------------------------------------------------------------------------------
-def reference_loss(P, T, concepts, proj, t, b, negated="negative"):
-    embs, owners, positive = [], [], []
+def reference_loss(P, T, concepts, proj, t, b, negated="negative", mask_same=True):
+    embs, owners, positive, ids = [], [], [], []
     for j, spans in enumerate(concepts):
         for sp in spans:
             if sp.negated and negated == "drop":
@@ -49,12 +49,16 @@ def reference_loss(P, T, concepts, proj, t, b, negated="negative"):
             embs.append(c / torch.sqrt((c * c).sum()))
             owners.append(j)
             positive.append(not sp.negated)
+            ids.append(sp.concept_id)
     m = len(embs)
     if m == 0:
         return torch.zeros((), dtype=T.dtype)
     loss = torch.zeros((), dtype=T.dtype)
     for i in range(P.shape[0]):
-        for c, owner, pos in zip(embs, owners, positive, strict=True):
+        mentioned = {sp.concept_id for sp in concepts[i] if not sp.negated}
+        for c, owner, pos, cid in zip(embs, owners, positive, ids, strict=True):
+            if mask_same and owner != i and cid in mentioned:
+                continue  # the same concept in another image's caption is not a negative for image i
             best = None
             for k in range(P.shape[1]):
                 s = t * (P[i, k] * c).sum() + b
@@ -83,7 +87,8 @@ def _random_concepts(seed: int, n: int = N, p_empty: float = 0.3, p_neg: float =
             for _ in range(int(torch.randint(1, 4, (), generator=g))):
                 a = int(torch.randint(0, L - 1, (), generator=g))
                 e = int(torch.randint(a + 1, L + 1, (), generator=g))
-                spans.append(ConceptSpan("x:c", a, e, bool(torch.rand((), generator=g) < p_neg)))
+                cid = f"x:c{int(torch.randint(0, 4, (), generator=g))}"
+                spans.append(ConceptSpan(cid, a, e, bool(torch.rand((), generator=g) < p_neg)))
         out.append(spans)
     return out
 
@@ -464,3 +469,55 @@ def test_pretrain_siglip_plus_concept(small_demo: Path, tmp_path: Path) -> None:
         assert r["concept"] > 0 and r["concept_count"] >= 16  # demo captions name 1-2 concepts each
         assert r["loss"] == pytest.approx(r["siglip"] + 0.5 * r["concept"], abs=1e-4)
     assert (out / "model" / "medvlp_heads.safetensors").is_file()  # the concept head is saved
+
+
+def test_same_concept_in_another_caption_is_not_a_negative() -> None:
+    """Images 0 and 1 both mention x:a: the loss matches the loop reference that skips those pairs."""
+    raw_p, T, proj, t, b = _inputs(11, n=3)
+    concepts = [[ConceptSpan("x:a", 0, 2)], [ConceptSpan("x:a", 2, 4), ConceptSpan("x:b", 4, 5)],
+                [ConceptSpan("x:b", 1, 3, negated=True)]]
+    P = F.normalize(raw_p, dim=-1)
+    stats: dict = {}
+    loss, m = concept_loss(P, T, concepts, project=lambda x: x @ proj, logit_scale=t, logit_bias=b, stats=stats)
+    # masked: (0, x:a of 1), (1, x:a of 0), and (1, "no x:b" of 2): image 1 mentions x:b itself
+    assert m == 4 and stats["concept_masked"] == 3.0
+    ref = reference_loss(P, T, concepts, proj, t, b)
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-9)
+    unmasked, _ = concept_loss(P, T, concepts, project=lambda x: x @ proj, logit_scale=t, logit_bias=b,
+                               mask_same=False)
+    assert unmasked.item() == pytest.approx(reference_loss(P, T, concepts, proj, t, b, mask_same=False).item(),
+                                            abs=1e-9)
+
+
+@pytest.mark.parametrize("mask_same", [True, False])
+def test_masked_pairs_get_exactly_zero_gradient(mask_same: bool) -> None:
+    """Two images that both mention x:a: with masking, image 0's gradient does not depend on caption 1."""
+    raw_p, T, proj, t, b = _inputs(13, n=2)
+    concepts = [[ConceptSpan("x:a", 0, 2)], [ConceptSpan("x:a", 2, 4)]]
+
+    def grad_p0(tokens):
+        P = F.normalize(raw_p.detach(), dim=-1).requires_grad_(True)
+        loss, _ = concept_loss(P, tokens, concepts, project=lambda x: x @ proj.detach(),
+                               logit_scale=t.detach(), logit_bias=b.detach(), mask_same=mask_same)
+        return torch.autograd.grad(loss, P)[0][0]
+
+    other = T.detach().clone()
+    other[1] = torch.randn_like(other[1])
+    same = torch.equal(grad_p0(T.detach()), grad_p0(other))
+    assert same is mask_same  # the only path from caption 1 to image 0 is the (masked) negative pair
+
+
+def test_objective_reports_masked_count() -> None:
+    raw_p, T, proj, t, b = _inputs(12, n=2)
+    obj = ConceptObjective(project=lambda x: x @ proj)
+    out = {"patch_embeddings": F.normalize(raw_p, dim=-1), "text_tokens": T, "concept_logit_scale": t,
+           "concept_logit_bias": b}
+    losses = obj(out, {"concepts": [[ConceptSpan("x:a", 0, 2)], [ConceptSpan("x:a", 1, 3)]]})
+    assert losses["concept_masked"].item() == 2.0
+
+
+def test_post_step_clamps_the_concept_logit_scale() -> None:
+    head = SimpleNamespace(logit_scale=torch.nn.Parameter(torch.tensor(9.0)))
+    obj = build_objective("siglip+concept")
+    obj.post_step(SimpleNamespace(concept_head=head))
+    assert head.logit_scale.item() == pytest.approx(math.log(100))
