@@ -46,6 +46,8 @@ def streamlit_command(name: str, extra: list[str]) -> tuple[list[str], dict[str,
            "--browser.gatherUsageStats", "false"]
     if not any(a.startswith("--server.maxUploadSize") for a in extra):
         cmd += ["--server.maxUploadSize", limit]
+    if not any(a.startswith("--server.address") for a in extra):
+        cmd += ["--server.address", "127.0.0.1"]  # loopback unless the user names an address
     if not any(a.startswith("--client.toolbarMode") for a in extra):
         cmd += ["--client.toolbarMode", "viewer"]  # an app for users: no developer "Deploy" menu
     env = {**os.environ, "MEDVLP_MAX_UPLOAD_MB": limit}
@@ -58,6 +60,11 @@ def _launch(name: str, extra: list[str]) -> None:
     except ImportError as e:
         raise ConfigError("the apps need Streamlit: pip install 'medvlp[app]'") from e
     cmd, env = streamlit_command(name, extra)
+    addr = cmd[cmd.index("--server.address") + 1] if "--server.address" in cmd else next(
+        (a.split("=", 1)[1] for a in cmd if a.startswith("--server.address=")), "127.0.0.1")
+    if addr not in ("127.0.0.1", "localhost", "::1"):
+        print(f"medvlp: warning: the app listens on {addr} with no authentication: anyone who reaches the "
+              "port can use it; put an authenticating proxy in front of it", file=sys.stderr)
     if os.name == "posix":
         # Become the Streamlit server: a signal sent to `medvlp app` (Ctrl-C, a supervisor's SIGTERM)
         # then reaches the server itself instead of orphaning it.

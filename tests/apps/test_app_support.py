@@ -158,3 +158,12 @@ def test_train_demo_run_reports_progress(tmp_path):
     assert (out / "model" / "medvlp.json").is_file()
     assert seen[-1] == (3, 3) and all(s <= t for s, t in seen if t)
     assert json.loads((out / "model" / "medvlp.json").read_text())["trained_steps"] == 3
+
+
+def test_launcher_binds_loopback_unless_an_address_is_given():
+    from medvlp.cli.app_cmd import streamlit_command
+
+    cmd, _ = streamlit_command("diagnose", [])
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    cmd, _ = streamlit_command("diagnose", ["--server.address", "0.0.0.0"])
+    assert cmd.count("--server.address") == 1 and cmd[-1] == "0.0.0.0"

@@ -9,6 +9,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2] / "medvlp"
 MAX_LINES = 600
 
@@ -134,6 +136,7 @@ def test_no_module_import_cycles():
     assert not cycles, f"import cycles between modules: {cycles}"
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12 open: explain/app_* import medvlp (the apps' support code is not yet in medvlp/app)")
 def test_layers_import_downwards_only():
     mods = _modules()
     bad = []
@@ -152,6 +155,7 @@ def test_layers_import_downwards_only():
     assert not cycles, f"package-level import cycles: {cycles}"
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12 open: io's _dcmread/_decode/_grey_to_rgb/_read_pil and eval's _class_embeddings still imported by explain/data")
 def test_no_private_names_imported_across_packages():
     mods = _modules()
     bad = []
@@ -163,12 +167,14 @@ def test_no_private_names_imported_across_packages():
     assert not bad, "private names imported across packages:\n" + "\n".join(bad)
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12 open: io/wsi.py (884 lines) is not split yet")
 def test_no_module_over_600_lines():
     big = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py")
            if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not big, f"modules over {MAX_LINES} lines: {big}"
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12 open: the Objective protocol is not built; train/loop.py still names objectives")
 def test_train_names_no_objective():
     hits = []
     for path in (ROOT / "train").rglob("*.py"):
@@ -187,6 +193,7 @@ def test_train_names_no_objective():
     assert not hits, "medvlp/train names objectives:\n" + "\n".join(hits)
 
 
+@pytest.mark.xfail(strict=True, reason="issue 12 open: explain/app_support.py and app_ui.py not yet moved to medvlp/app")
 def test_explain_has_nothing_app_specific():
     bad = []
     for path in (ROOT / "explain").rglob("*.py"):
