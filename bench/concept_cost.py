@@ -35,11 +35,11 @@ RESULTS = Path(__file__).resolve().parent / "results" / "concept.md"
 def _setup(spec: str, manifest, card, batch: int, seed: int, total_steps: int):
     from medvlp.data.dataset import ImageTextDataset, Normalizer, StepSampler, collate, options_for
     from medvlp.models import create_model
-    from medvlp.objectives import INIT, build_objective
+    from medvlp.objectives import build_objective
     from medvlp.train.loop import param_groups
 
     objective = build_objective(spec)
-    log_scale, bias = INIT[objective.primary]
+    log_scale, bias = objective.logit_init
     model = create_model("tiny", init_logit_scale=log_scale, init_logit_bias=bias,
                          concept_head="concept" in objective.weights, seed=seed)
     concept_fn = None
@@ -81,13 +81,13 @@ def _span_cost(run: dict, batches: list[dict]) -> tuple[float, float]:
 
 def _step(run: dict, batch: dict) -> tuple[float, float, dict[str, float]]:
     """One optimisation step; returns (wall seconds, CPU seconds of this process, losses)."""
-    from medvlp.train.loop import _NoScaler, train_step
+    from medvlp.train.step import NoScaler, train_step
 
     c0 = time.process_time()
     t0 = time.perf_counter()
     losses = train_step(run["model"], run["objective"], batch, normalizer=run["normalizer"],
                         device=torch.device("cpu"), accum=1, autocast=contextlib.nullcontext,
-                        scaler=_NoScaler())
+                        scaler=NoScaler())
     run["opt"].step()
     run["opt"].zero_grad(set_to_none=True)
     return time.perf_counter() - t0, time.process_time() - c0, losses

@@ -269,19 +269,26 @@ class MedVLP(nn.Module):
     ) -> dict[str, torch.Tensor | None]:
         img, patch = self.encode_image(images, return_tokens=True)
         txt, ttok = self.encode_text(texts, return_tokens=True)
-        out: dict[str, torch.Tensor | None] = {
-            "image_features": img,
-            "text_features": txt,
-            "logit_scale": self.clip.logit_scale.exp(),
-            "logit_bias": self.clip.logit_bias,
-        }
+        out: dict[str, torch.Tensor | None] = {"image_features": img, "text_features": txt}
+        out.update(self.logit_terms(concept=False))
         if return_tokens:
             out["patch_tokens"] = patch
             out["text_tokens"] = ttok
             if self.concept_head is not None:
                 out["patch_embeddings"] = self.concept_head(patch)
-                out["concept_logit_scale"] = self.concept_head.logit_scale.exp()
-                out["concept_logit_bias"] = self.concept_head.logit_bias
+                out.update(self.logit_terms())
+        return out
+
+    def logit_terms(self, concept: bool = True) -> dict[str, torch.Tensor | None]:
+        """The outputs of :meth:`forward` that do not depend on the inputs: ``logit_scale`` (exponentiated),
+        ``logit_bias`` and, with a concept head (and ``concept``), ``concept_logit_scale``/``_bias``.
+
+        Gradient accumulation computes the loss on cached features plus these, live."""
+        out: dict[str, torch.Tensor | None] = {"logit_scale": self.clip.logit_scale.exp(),
+                                               "logit_bias": self.clip.logit_bias}
+        if concept and self.concept_head is not None:
+            out["concept_logit_scale"] = self.concept_head.logit_scale.exp()
+            out["concept_logit_bias"] = self.concept_head.logit_bias
         return out
 
     def lock(self, image: bool = False, text: bool = False) -> None:

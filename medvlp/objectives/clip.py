@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from medvlp.objectives.base import Objective
 from medvlp.objectives.distributed import gather_with_grad, world_info
 
 
-class ClipObjective(nn.Module):
+class ClipObjective(Objective):
     """Symmetric cross-entropy over image-text logits, local rows against globally gathered columns.
 
     Each rank scores its own images against every text in the global batch (and vice versa), so the
@@ -17,7 +19,8 @@ class ClipObjective(nn.Module):
     """
 
     name = "clip"
-    needs_tokens = False
+    logit_init = (math.log(1 / 0.07), None)
+    init_rank = 2
 
     def forward(self, out: dict, batch: dict | None = None) -> dict[str, torch.Tensor]:
         img, txt, scale = out["image_features"], out["text_features"], out["logit_scale"]

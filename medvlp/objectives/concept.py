@@ -49,6 +49,7 @@ from torch import nn
 
 from medvlp.errors import DataError, ModelError, OntologyError
 from medvlp.objectives import register
+from medvlp.objectives.base import DataNeeds, Objective
 from medvlp.objectives.distributed import gather_no_grad, gather_with_grad, world_info
 
 if TYPE_CHECKING:
@@ -204,7 +205,7 @@ def concept_loss(
     return loss, m_total
 
 
-class ConceptObjective(nn.Module):
+class ConceptObjective(Objective):
     """The ``concept`` objective; needs the model's concept head and its text-token projection.
 
     Args:
@@ -219,7 +220,10 @@ class ConceptObjective(nn.Module):
     """
 
     name = "concept"
+    default_weight = 0.5
     needs_tokens = True
+    needs_concept_head = True
+    requires_any = ("clip", "siglip")
 
     def __init__(self, negated: str = "negative",
                  project: Callable[[torch.Tensor], torch.Tensor] | None = None, mask_same: bool = True) -> None:
@@ -238,6 +242,13 @@ class ConceptObjective(nn.Module):
                              "a medvlp model (medvlp.models.create_model)")
         self._project = inner.project_text_tokens
         return self
+
+    def data_needs(self, manifest: Manifest, card: DomainCard | None, model: nn.Module,
+                   options: dict[str, Any]) -> DataNeeds:
+        """Concept spans of every training caption (:func:`make_concept_fn`); binds the model."""
+        self.bind(model)  # its concept embeddings use the model's text projection
+        fn = make_concept_fn(manifest, card, model)
+        return DataNeeds(concept_fn=fn)
 
     @torch.no_grad()
     def post_step(self, model: nn.Module) -> None:

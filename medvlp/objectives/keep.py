@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -51,7 +52,7 @@ from torch import nn
 from medvlp.data.samplers import RowValue
 from medvlp.errors import ConfigError, MedvlpError
 from medvlp.objectives import register
-from medvlp.objectives import soft as _soft  # noqa: F401  (registers "softclip" with "keep")
+from medvlp.objectives.base import DataNeeds, Objective
 from medvlp.objectives.distributed import gather_no_grad, gather_with_grad
 
 __all__ = ["CaptionSynthesiser", "KeepData", "KeepObjective", "group_relations", "keep_loss", "KEEP_OPTIONS"]
@@ -185,7 +186,7 @@ class KeepData:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class KeepObjective(nn.Module):
+class KeepObjective(Objective):
     """KEEP group alignment (see the module docstring). Returns ``{"keep": loss}``.
 
     The batch carries ``group`` (LongTensor of group ids); without it every sample is its own group
@@ -194,7 +195,9 @@ class KeepObjective(nn.Module):
     """
 
     name = "keep"
-    needs_tokens = False
+    logit_init = (math.log(1 / 0.04), None)
+    init_rank = 1
+    needs_rows = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -231,6 +234,10 @@ class KeepObjective(nn.Module):
         logits = scale * all_img @ all_txt.T
         related = self.relation_mask(torch.unique(all_groups)) if groups is not None else None
         return {"keep": keep_loss(logits, all_groups, related)}
+
+    def data_needs(self, manifest: Any, card: Any, model: nn.Module, options: dict[str, Any]) -> DataNeeds:
+        data = self.data_hooks(manifest, card, options)
+        return DataNeeds(row_fields=data.row_fields, caption_fn=data.caption_fn, batching=GroupBatching(data))
 
     # --------------------------------------------------------------------------------------------
     def data_hooks(self, manifest: Any, card: Any = None, options: dict[str, Any] | None = None) -> KeepData:
@@ -280,6 +287,42 @@ class KeepObjective(nn.Module):
                 "ontology": graph.meta.get("name", "") if graph is not None else None,
             },
         )
+
+
+class GroupBatching:
+    """KEEP's batches: G groups x n samples each (:class:`~medvlp.data.samplers.GroupBatchSampler`)."""
+
+    def __init__(self, data: KeepData) -> None:
+        self.data = data
+        self.group_ids: list[int] = []
+
+    def fit_batch(self, batch: int, *, given: bool, world: int, item_rows: Sequence[int]) -> int:
+        """The global batch to use. With fewer groups than the batch has room for (e.g. a 6-class corpus),
+        more samples per group are taken instead of shrinking the batch, so the loss keeps its negatives."""
+        from medvlp.data.samplers import fit_group_batch
+
+        self.group_ids = [self.data.group_of_row[r] for r in item_rows]
+        n_groups = len(set(self.group_ids))
+        if n_groups < batch // self.data.n_per_group:
+            self.data.n_per_group = max(self.data.n_per_group, batch // max(n_groups, 1))
+        n = self.data.n_per_group
+        if not given or batch % n or batch // n > n_groups:
+            batch = fit_group_batch(batch, n, n_groups, world)
+        if batch % n:
+            raise ConfigError(f"objective keep: batch size {batch} is not a multiple of keep n_per_group {n}")
+        return batch
+
+    def sampler(self, batch: int, *, seed: int, total_steps: int, start_step: int, rank: int,
+                world: int) -> torch.utils.data.Sampler:
+        from medvlp.data.samplers import GroupBatchSampler
+
+        n = self.data.n_per_group
+        return GroupBatchSampler(self.group_ids, batch // n, n, seed=seed, total_steps=total_steps,
+                                 start_step=start_step, rank=rank, world=world)
+
+    def describe(self, batch: int) -> str:
+        n = self.data.n_per_group
+        return f"{batch // n} groups x {n} per batch; {self.data.info}"
 
 
 def _keep_options(options: dict[str, Any] | None) -> dict[str, Any]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from medvlp.objectives.base import Objective
 from medvlp.objectives.distributed import gather_with_grad, world_info
 
 
-class SigLipObjective(nn.Module):
+class SigLipObjective(Objective):
     """Sigmoid image-text loss; each rank scores its images against all gathered texts.
 
     The loss is normalised by the number of images, as in the SigLIP paper and open_clip.
@@ -17,7 +19,8 @@ class SigLipObjective(nn.Module):
     """
 
     name = "siglip"
-    needs_tokens = False
+    logit_init = (math.log(10.0), -10.0)
+    init_rank = 3
 
     def forward(self, out: dict, batch: dict | None = None) -> dict[str, torch.Tensor]:
         img, txt, scale, bias = out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"]

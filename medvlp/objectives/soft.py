@@ -38,7 +38,9 @@ from torch import nn
 
 from medvlp.data.samplers import RowValue
 from medvlp.errors import ConfigError
-from medvlp.objectives import INIT, register
+from medvlp.objectives import register
+from medvlp.objectives.base import DataNeeds, Objective
+from medvlp.objectives.clip import ClipObjective
 from medvlp.objectives.distributed import gather_no_grad, gather_with_grad, world_info
 
 __all__ = [
@@ -129,7 +131,7 @@ class SoftData:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class SoftClipObjective(nn.Module):
+class SoftClipObjective(Objective):
     """CLIP with MedCLIP-style soft targets (see the module docstring). Returns ``{"softclip": loss}``.
 
     Args:
@@ -138,7 +140,9 @@ class SoftClipObjective(nn.Module):
     """
 
     name = "softclip"
-    needs_tokens = False
+    logit_init = ClipObjective.logit_init  # soft targets start from CLIP's temperature
+    init_rank = 1
+    needs_rows = True
 
     def __init__(self, similarity: str = "cosine", source: str = "label") -> None:
         super().__init__()
@@ -186,6 +190,10 @@ class SoftClipObjective(nn.Module):
         )
 
 
+    def data_needs(self, manifest: Any, card: Any, model: nn.Module, options: dict[str, Any]) -> DataNeeds:
+        data = self.data_hooks(manifest, card, options)
+        return DataNeeds(row_fields=data.row_fields,
+                         info=f"{data.info['labels']} labels, {data.info['labelled_rows']} labelled rows")
+
+
 register("softclip", SoftClipObjective)
-# Models trained with soft targets start from CLIP's temperature.
-INIT.setdefault("softclip", INIT["clip"])

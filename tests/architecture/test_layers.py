@@ -174,7 +174,6 @@ def test_no_module_over_600_lines():
     assert not big, f"modules over {MAX_LINES} lines: {big}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 open: the Objective protocol is not built; train/loop.py still names objectives")
 def test_train_names_no_objective():
     hits = []
     for path in (ROOT / "train").rglob("*.py"):
