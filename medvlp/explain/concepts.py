@@ -51,9 +51,11 @@ def card_graph(card: Any) -> Any | None:
     """The card's ontology, or None when it cannot be loaded (concepts then use their raw text)."""
     if card is None or not getattr(card, "ontology", ""):
         return None
+    from medvlp.ontology import card_graph as _card_graph
+
     try:
-        return _graph(card.ontology)
-    except (OntologyError, FileNotFoundError, OSError):
+        return _card_graph(card, strict=True, with_labels=False)
+    except OntologyError:
         return None
 
 

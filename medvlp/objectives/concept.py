@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -47,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvlp.errors import DataError, ModelError, OntologyError
+from medvlp.errors import DataError, ModelError
 from medvlp.objectives import register
 from medvlp.objectives.base import DataNeeds, Objective
 from medvlp.objectives.distributed import gather_no_grad, gather_with_grad, world_info
@@ -482,27 +481,11 @@ class ConceptFn:
 
 
 def _card_graph(card: DomainCard | None) -> ConceptGraph:
-    """The card's ontology plus the concepts its label sets name (kept when the ontology lacks them)."""
-    from medvlp.ontology import Concept, ConceptGraph, load_ontology
+    """The card's ontology plus its label-set concepts (:func:`medvlp.ontology.card_graph`, warn-and-go-on);
+    an empty graph when there is neither."""
+    from medvlp.ontology import ConceptGraph, card_graph
 
-    base: ConceptGraph | None = None
-    if card is not None and card.ontology:
-        try:
-            base = load_ontology(card.ontology)
-        except OntologyError as e:
-            warnings.warn(f"concept objective: ontology '{card.ontology}' of domain '{card.name}' could not be "
-                          f"loaded ({e}); using the concepts of the card's label sets only", stacklevel=2)
-    concepts = dict(base.concepts) if base is not None else {}
-    extra = []
-    for lset in (card.label_sets.values() if card is not None else ()):
-        for lab in lset.labels:
-            if lab.concept and lab.concept not in concepts:
-                c = Concept(lab.concept, lab.name, [s for s in lab.synonyms if s != lab.name])
-                concepts[lab.concept] = c
-                extra.append(c)
-    if base is not None and not extra:
-        return base
-    return ConceptGraph(list(concepts.values()))
+    return card_graph(card) or ConceptGraph([])
 
 
 def text_token_shift(model: nn.Module) -> int:

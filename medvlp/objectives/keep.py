@@ -342,10 +342,10 @@ def _keep_options(options: dict[str, Any] | None) -> dict[str, Any]:
 
 def _load_graph(name: str | None, card: Any, need: bool) -> Any:
     """The ontology to use; a card default that cannot be loaded only disables hierarchy masking."""
-    from medvlp.ontology import load_ontology
+    from medvlp.ontology import card_graph
 
     explicit = name is not None
-    name = name if explicit else getattr(card, "ontology", None)
+    name = name if explicit else (getattr(card, "ontology", None) or None)
     if name is None:
         if need:
             raise ConfigError(
@@ -353,7 +353,7 @@ def _load_graph(name: str | None, card: Any, need: bool) -> Any:
             )
         return None
     try:
-        return load_ontology(name)
+        return card_graph(card, strict=True, with_labels=False, ontology=name)
     except MedvlpError as e:
         if explicit or need:
             raise ConfigError(f"keep: cannot load ontology {name!r}: {e}") from e
