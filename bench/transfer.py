@@ -127,9 +127,25 @@ def covid(work: Path, steps: list[str], log: list[str]) -> list[str]:
               str(work / "covid_ret.json")), log)
     j = json.loads((work / "covid_ret.json").read_text())
     keys = [k for k in j if isinstance(j[k], dict) and "value" in j[k]]
+    # zero-shot finding detection on the held-out patients: COVID-19 against the other named infections
+    # (rows without a finding, "todo", or "No Finding" are left out); the labels are class names in prompts,
+    # never training captions (the captions are the notes themselves)
+    val = m[m["split"] == "val"].copy()
+    finding = notes.set_index(notes["image"].map(lambda p: Path(p).name))["finding"]
+    val["label"] = [finding.get(Path(str(i)).name, "") for i in val["image"]]
+    val = val[~val["label"].isin(["todo", "No Finding", ""]) & val["label"].notna()]
+    val["label"] = ["covid-19 pneumonia" if "COVID-19" in str(f) else "other pneumonia" for f in val["label"]]
+    val.to_csv(work / "covid_val_findings.csv", index=False)
+    sh(medvlp("eval", "zeroshot", "--model", str(run), "--data", str(work / "covid_val_findings.csv"), "--domain",
+              "cxr", "--labels", "covid-19 pneumonia,other pneumonia", "--train-data", str(work / "covid_train.csv"),
+              "--json", str(work / "covid_zs.json")), log)
+    z = json.loads((work / "covid_zs.json").read_text())
+    counts = val["label"].value_counts().to_dict()
     return [f"### covid_cxr_notes: retrieval on held-out patients ({len(held)} patients, n = {j.get('n')})", "",
             "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys), "| " + " | ".join(fmt(j[k]) for k in keys) + " |",
-            ""]
+            "", f"Zero-shot finding detection on the same held-out patients ({counts}; prompt_overlap = "
+            f"{z.get('prompt_overlap')}):", "", "| AUROC (covid-19 vs other pneumonia) | balanced accuracy |",
+            "|---|---|", f"| {fmt(z.get('auroc'))} | {fmt(z.get('balanced_accuracy'))} |", ""]
 
 
 def main() -> None:
