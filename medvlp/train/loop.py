@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from medvlp.config import CPU_SAMPLE_BUDGET, GPU_DEFAULT_EPOCHS, TrainConfig
-from medvlp.data.dataset import ImageTextDataset, Normalizer, StepSampler, collate, options_for
+from medvlp.data.dataset import ImageTextDataset, Normalizer, StepSampler, collate, options_for, take_bad_rows
 from medvlp.data.manifest import Manifest, read_manifest
 from medvlp.data.samplers import GroupBatchSampler, RowFields, fit_group_batch
 from medvlp.domains import DomainCard, load_card
@@ -439,6 +439,7 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
     step = start
     last_losses: dict[str, float] = {}
     for batch_data in loader:
+        take_bad_rows(ds, batch_data, log.bad_sample)
         t_data = time.time()
         data_time += t_data - t_last
         lr_now = cosine_lr(step, peak=lr, total=steps, warmup=warmup)
