@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+from _common import RESULTS_DIR, command_line, machine, median_min, write_text
 
-RESULTS = Path(__file__).resolve().parent / "results" / "concept.md"
+RESULTS = RESULTS_DIR / "concept.md"
 
 
 def _setup(spec: str, manifest, card, batch: int, seed: int, total_steps: int):
@@ -139,13 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     for s in specs:
         assert all(math.isfinite(v) for v in last[s].values()), (s, last[s])
 
-    cmd = "python bench/concept_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = command_line(__file__, argv)
     lines = [
         "## concept objective: cost per training step",
         "",
         f"Command: `{cmd.strip()}`  ",
-        f"Machine: 2-core CPU (no GPU), shared with other jobs while measured; torch {torch.__version__}, "
-        f"{args.threads} threads, Python {platform.python_version()}.  ",
+        f"Machine: {machine(torch_threads=True)}; shared with other jobs while measured.  ",
         f"Setup: model `tiny` (ViT 64 px / patch 8 -> 64 patch tokens; text context 32), batch {args.batch}, "
         f"pathology demo corpus ({len(manifest)} training rows), fp32, AdamW; {args.steps} timed steps per "
         f"objective after {args.warmup} warm-up steps, run in pairs (step k of both objectives back to back). "
@@ -155,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|",
     ]
     for s in specs:
-        lines.append(f"| {s} | {statistics.median(wall[s]):.3f} ({min(wall[s]):.3f}) | "
-                     f"{statistics.median(cpu[s]):.3f} ({min(cpu[s]):.3f}) |")
+        lines.append(f"| {s} | {median_min(wall[s])} | {median_min(cpu[s])} |")
     verdict = "within" if overhead <= 0.30 else "OVER"
     lines += ["", f"Overhead of the concept objective per step: **{ratio_cpu:+.1%} CPU time** (median of the "
               f"paired ratios; the verdict: {verdict} the 30% budget); wall clock {ratio_wall:+.1%} (median of the "
@@ -167,9 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text)
-        print(f"written to {RESULTS}")
+        print(f"written to {write_text(RESULTS, text)}")
     return 0 if overhead <= 0.30 else 1
 
 

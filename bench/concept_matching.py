@@ -14,14 +14,14 @@ import argparse
 import glob
 import importlib.util
 import os
-import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "ontology.md"
+from _common import RESULTS_DIR, load_average, machine, write_section
+
+RESULTS = RESULTS_DIR / "ontology.md"
 
 _OPENERS = ["", "Findings:", "Clinical history:", "The patient presents with", "Examination shows",
             "Image shows", "Report:", "Known case of", "Follow-up for", "Referred for"]
@@ -59,31 +59,6 @@ def make_captions(terms: list[str], n: int, seed: int) -> list[str]:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def write_section(key: str, body: str) -> None:
-    """Replace (or add) the block between ``<!-- key -->`` markers in bench/results/ontology.md."""
-    start, end = f"<!-- {key} -->", f"<!-- /{key} -->"
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Ontology benchmarks\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--captions", type=int, default=100_000)
@@ -93,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from medvlp.ontology import ConceptMatcher, load_obo
 
+    where = machine()  # before pinning: the machine's cores
     if hasattr(os, "sched_setaffinity"):  # one core, as the figure claims
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     obo = hpo_obo_path()
@@ -124,16 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     print(f"example: {captions[0]!r} -> {[(m.text, m.concept_id, m.negated) for m in results[0]]}")
     if not args.no_write:
-        write_section("concept_matching", "\n".join([
+        write_section(RESULTS, "concept_matching", "\n".join([
             "## Concept matching throughput (HPO vocabulary, one core)",
             "",
-            f"- Machine: 2-core CPU (no GPU), {cpu_name()}, Python {platform.python_version()}; the process is "
-            "pinned to one core (pure Python, single process)",
+            f"- Machine: {where}; the process is pinned to one core (pure Python, single process)",
             f"- Command: `python bench/concept_matching.py --captions {args.captions} --seed {args.seed}`",
             *[f"- {line}" for line in lines],
-            f"- Load average at the end (1/5/15 min; the machine is shared): "
-            f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}",
-        ]))
+            f"- Load average at the end (1/5/15 min; the machine is shared): {load_average()}",
+        ]), title="# Ontology benchmarks")
 
 
 if __name__ == "__main__":

@@ -13,38 +13,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
 import time
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "ontology.md"
+from _common import RESULTS_DIR, load_average, machine, write_section
 
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def write_section(key: str, body: str) -> None:
-    """Replace (or add) the block between ``<!-- key -->`` markers in bench/results/ontology.md."""
-    start, end = f"<!-- {key} -->", f"<!-- /{key} -->"
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Ontology benchmarks\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text, encoding="utf-8")
+RESULTS = RESULTS_DIR / "ontology.md"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,18 +80,17 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print("\n".join(lines))
     if not args.no_write:
-        write_section("knowledge_encoder", "\n".join([
+        write_section(RESULTS, "knowledge_encoder", "\n".join([
             "## Knowledge encoder: held-out synonym -> concept retrieval",
             "",
-            f"- Machine: 2-core CPU (no GPU), {cpu_name()}, Python {platform.python_version()}",
+            f"- Machine: {machine()}",
             f"- Command: `python bench/knowledge_encoder.py --graph {args.graph} --steps {args.steps} "
             f"--batch-size {args.batch_size} --lr {args.lr} --related-weight {args.related_weight} "
             f"--max-length {args.max_length}{f' --train-layers {args.train_layers}' if args.train_layers else ''} "
             f"--seed {args.seed}`",
             *[f"- {line}" for line in lines],
-            f"- Load average at the end (1/5/15 min; the machine is shared): "
-            f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}",
-        ]))
+            f"- Load average at the end (1/5/15 min; the machine is shared): {load_average()}",
+        ]), title="# Ontology benchmarks")
 
 
 if __name__ == "__main__":

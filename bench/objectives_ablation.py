@@ -17,34 +17,31 @@ balanced accuracy on the unseen combinations and the pointing game of the second
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from _common import (
+    RESULTS_DIR,
+    SHARED_DATA,
+    ci,
+    command_line,
+    machine,
+    metrics_records,
+    pathology_tiles,
+    sibling,
+    train_run,
+    write_text,
+)
 
-HERE = Path(__file__).resolve().parent
 OBJECTIVES = ["clip", "siglip", "siglip+concept", "keep"]
-SHARED = HERE.parent / ".." / "shared" / "data"
-
-
-def _pointing():
-    spec = importlib.util.spec_from_file_location("pointing_game", HERE / "pointing_game.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.pointing_game
 
 
 def pathology_data(work: Path) -> tuple[Path, Path, Path]:
     """(train manifest without the held-out pairs, test manifest, the corpus manifest for masks)."""
-    from medvlp.data.synthetic import demo_manifest
-
-    corpus = demo_manifest("pathology", n_per_class=200, size=64, seed=0, out_dir=work / "path-corpus",
-                           progress=False, variant="tiles")
+    corpus = pathology_tiles(work / "path-corpus", n_per_class=200)
     df = pd.read_csv(corpus)
     classes = [c["concept"] for c in json.loads((corpus.parent / "classes.json").read_text())]
     held = {(classes[i], classes[(i + 1) % len(classes)]) for i in range(len(classes))}
@@ -77,7 +74,7 @@ def derm_data(work: Path) -> tuple[Path, Path]:
 
 
 def pneumonia_data(work: Path) -> tuple[Path, Path] | None:
-    npz = SHARED / "datasets" / "pneumoniamnist_trainval.npz"
+    npz = SHARED_DATA / "datasets" / "pneumoniamnist_trainval.npz"
     if not npz.is_file():
         return None
     from medvlp.data.importers import import_medmnist
@@ -95,11 +92,10 @@ def train_and_eval(domain: str, train: Path, test: Path, objective: str, args, o
     from medvlp.eval.zeroshot import evaluate_manifest
 
     t0 = time.time()
-    run = medvlp.pretrain(domain=domain, data=str(train), objective=objective, steps=args.steps,
-                          batch_size=args.batch_size, out=str(out), eval=False, quiet=True, seed=args.seed,
-                          log_every=10)
+    run = train_run(domain, train, out, objective=objective, steps=args.steps, batch_size=args.batch_size,
+                    seed=args.seed, log_every=10)
     wall = time.time() - t0
-    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    recs = metrics_records(out)
     step_s = args.batch_size / max(1e-9, sum(r["samples_per_s"] for r in recs[1:]) / max(1, len(recs) - 1))
     model = medvlp.load(run.out)
     m = read_manifest(test)
@@ -113,10 +109,6 @@ def train_and_eval(domain: str, train: Path, test: Path, objective: str, args, o
     return row
 
 
-def _ci(m: dict) -> str:
-    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=120)
@@ -124,12 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--datasets", default="pathology,derm,pneumonia")
     ap.add_argument("--work", type=Path, default=Path("/tmp/medvlp-ablation"))
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "objectives_ablation.md")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "objectives_ablation.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     wanted = args.datasets.split(",")
     rows: list[tuple[str, str, dict]] = []
-    pointing = _pointing()
+    pointing = sibling("pointing_game").pointing_game
     if "pathology" in wanted:
         tr, te, corpus = pathology_data(args.work)
         for obj in OBJECTIVES:
@@ -138,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
             pg = pointing(r["model"], corpus, sources, split="test")
             r["pointing"] = (sources[0], pg[sources[0]]["hit_rate"], pg["chance"]["hit_rate"], pg["n"]["images"])
             rows.append(("pathology demo", obj, r))
-            print(f"pathology {obj}: {_ci(r['balanced_accuracy'])}", flush=True)
+            print(f"pathology {obj}: {ci(r['balanced_accuracy'])}", flush=True)
     if "derm" in wanted:
         tr, te = derm_data(args.work)
         for obj in OBJECTIVES:
             r = train_and_eval("dermatology", tr, te, obj, args, args.work / f"derm-{obj}")
             rows.append(("dermatology demo", obj, r))
-            print(f"derm {obj}: {_ci(r['balanced_accuracy'])}", flush=True)
+            print(f"derm {obj}: {ci(r['balanced_accuracy'])}", flush=True)
     if "pneumonia" in wanted:
         data = pneumonia_data(args.work)
         if data is None:
@@ -153,29 +145,28 @@ def main(argv: list[str] | None = None) -> int:
             for obj in OBJECTIVES:
                 r = train_and_eval("cxr", data[0], data[1], obj, args, args.work / f"pneu-{obj}")
                 rows.append(("PneumoniaMNIST val", obj, r))
-                print(f"pneumonia {obj}: {_ci(r['auroc'])}", flush=True)
+                print(f"pneumonia {obj}: {ci(r['auroc'])}", flush=True)
 
-    cmd = "python bench/objectives_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = command_line(__file__, argv)
     lines = ["## Objectives ablation: clip vs siglip vs siglip+concept vs keep", "",
              f"Command: `{cmd}`  ",
-             f"Machine: 2-core CPU (no GPU), {platform.processor() or platform.machine()}, torch {torch.__version__}  ",
+             f"Machine: {machine()}  ",
              f"Model `tiny`, {args.steps} steps x batch {args.batch_size}, seed {args.seed}, same data and order "
              "for every objective; bootstrap 95% CIs (500 resamples).", "",
              "| data | objective | held-out balanced acc. | macro AUROC | unseen combinations bal. acc. | "
              "pointing game (source; chance) | s/step |",
              "|---|---|---|---|---|---|---|"]
     for data, obj, r in rows:
-        unseen = _ci(r["unseen_combination_bacc"]) if "unseen_combination_bacc" in r else "-"
+        unseen = ci(r["unseen_combination_bacc"]) if "unseen_combination_bacc" in r else "-"
         if "pointing" in r:
             src, hit, chance, n = r["pointing"]
             pg = f"{hit:.3f} ({src.replace('_', ' ')}; {chance:.3f}, n={n})"
         else:
             pg = "-"
-        lines.append(f"| {data} | {obj} | {_ci(r['balanced_accuracy'])} | {_ci(r['auroc'])} | {unseen} | {pg} | "
+        lines.append(f"| {data} | {obj} | {ci(r['balanced_accuracy'])} | {ci(r['auroc'])} | {unseen} | {pg} | "
                      f"{r['s_per_step']:.2f} |")
     text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text)
     print(text)
     return 0
 

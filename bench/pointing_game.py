@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS_DIR, command_line, machine, pathology_tiles, train_run, write_text
 from PIL import Image
 
 
@@ -75,40 +74,37 @@ def main(argv: list[str] | None = None) -> int:
                          "instead of the test split of the training corpus")
     ap.add_argument("--heldout-n-per-class", type=int, default=20)
     ap.add_argument("--work", type=Path, default=Path("/tmp/medvlp-pointing"))
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "explain.md")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "explain.md")
     args = ap.parse_args(argv)
 
     import medvlp
-    from medvlp.data.synthetic import demo_manifest
 
-    manifest = demo_manifest("pathology", n_per_class=args.n_per_class, size=64, seed=0,
-                             out_dir=args.work / f"demo{args.n_per_class}", progress=False, variant="tiles")
+    manifest = pathology_tiles(args.work / f"demo{args.n_per_class}", n_per_class=args.n_per_class)
     run = args.run
     t0 = time.time()
     if run is None or args.train:
         run = run or args.work / "run"
-        medvlp.pretrain(domain="pathology", data=str(manifest), objective="siglip+concept", steps=args.steps,
-                        batch_size=args.batch_size, out=str(run), eval=False, quiet=True, seed=0)
+        train_run("pathology", manifest, run, objective="siglip+concept", steps=args.steps,
+                  batch_size=args.batch_size, seed=0)
     train_s = time.time() - t0
     model = medvlp.load(run)
     sources = ["concept_head", "patch_text"] if model.net.concept_head is not None else ["patch_text"]
     t1 = time.time()
     if args.heldout_seed is not None:
-        eval_manifest = demo_manifest("pathology", n_per_class=args.heldout_n_per_class, size=64, seed=args.heldout_seed,
-                                      out_dir=args.work / f"heldout-s{args.heldout_seed}-{args.heldout_n_per_class}",
-                                      progress=False, variant="tiles")
+        eval_manifest = pathology_tiles(args.work / f"heldout-s{args.heldout_seed}-{args.heldout_n_per_class}",
+                                        n_per_class=args.heldout_n_per_class, seed=args.heldout_seed)
         res = pointing_game(model, eval_manifest, sources, split=None)
         where = f"a fresh demo corpus (seed {args.heldout_seed}, {args.heldout_n_per_class} per class, all rows)"
     else:
         res = pointing_game(model, manifest, sources)
         where = f"the test split of the training corpus (demo n_per_class {args.n_per_class})"
     eval_s = time.time() - t1
-    cmd = "python bench/pointing_game.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = command_line(__file__, argv)
     lines = [
         "## Explanations: pointing game on the synthetic pathology demo",
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: 2-core CPU (no GPU), {platform.processor() or platform.machine()}, shared with other jobs  ",
+        f"Machine: {machine()}, shared with other jobs  ",
         f"Model: `tiny`, objective `siglip+concept`, run `{run}` ({train_s:.0f} s training)  ",
         f"Held-out images with a secondary-class region: {res['n']['images']}, from {where}; "
         f"{eval_s:.1f} s for all heatmaps",
@@ -123,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {s.replace('_', ' ')} | {res[s]['hit_rate']:.3f} |")
     lines.append(f"| chance (region area fraction) | {res['chance']['hit_rate']:.3f} |")
     text = "\n".join(lines) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text)
     print(text)
     return 0
 

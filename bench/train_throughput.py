@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from _common import machine, metrics_records, train_run
 
 
 def _csv(tmp: Path, manifest: Path | None) -> Path:
@@ -38,16 +39,12 @@ def _csv(tmp: Path, manifest: Path | None) -> Path:
 
 
 def run_medvlp(csv: Path, steps: int, batch: int, threads: int, tmp: Path) -> dict:
-    from medvlp.config import TrainConfig
-    from medvlp.train import pretrain
-
     out = tmp / "medvlp"
     t0 = time.time()
-    pretrain(TrainConfig(domain="pathology", data=str(csv), model="tiny", steps=steps, batch_size=batch,
-                         threads=threads, out=str(out), eval=False, log_every=1, warmup=3, save_every=10**6),
-             quiet=True)
+    train_run("pathology", csv, out, model="tiny", steps=steps, batch_size=batch, threads=threads, log_every=1,
+              warmup=3, save_every=10**6)
     wall = time.time() - t0
-    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    recs = metrics_records(out)
     sps = [r["samples_per_s"] for r in recs[3:]]
     return {"samples_per_s": statistics.median(sps), "wall_s": wall, "steps": len(recs)}
 
@@ -95,7 +92,7 @@ def main() -> None:
         ours = run_medvlp(csv, a.steps, a.batch, a.threads, tmp)
         base = {w: run_open_clip(csv, a.steps, a.batch, a.threads, w, tmp) for w in (0, 2)}
     best = max(base.values(), key=lambda r: r["samples_per_s"])
-    print(f"machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}, {sys.platform}")
+    print(f"machine: {machine(torch_threads=True)}, {sys.platform}")
     print(f"medvlp       : {ours['samples_per_s']:.1f} samples/s ({ours['steps']} steps, {ours['wall_s']:.0f} s wall)")
     for w, r in base.items():
         print(f"open_clip w={w}: {r['samples_per_s']:.1f} samples/s ({r['steps']} steps, {r['wall_s']:.0f} s wall)")

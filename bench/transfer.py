@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+from _common import RESULTS_DIR, SHARED_DATA, ci, machine, write_text
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "datasets"
+SHARED = SHARED_DATA / "datasets"
 WBC_ATTRS = ["cell_size", "cell_shape", "nucleus_shape", "nuclear_cytoplasmic_ratio", "chromatin_density",
              "cytoplasm_vacuole", "cytoplasm_texture", "cytoplasm_colour", "granule_type", "granule_colour",
              "granularity"]
@@ -45,12 +44,6 @@ def sh(cmd: list[str], log: list[str]) -> None:
 
 def medvlp(*args: str) -> list[str]:
     return [sys.executable, "-m", "medvlp", *args]
-
-
-def fmt(m: dict | None) -> str:
-    if not m or m.get("value") is None:
-        return "n/a"
-    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
 
 def wbcatt(work: Path, steps: list[str], left_out: list[str], log: list[str]) -> list[str]:
@@ -81,8 +74,8 @@ def wbcatt(work: Path, steps: list[str], left_out: list[str], log: list[str]) ->
         s = seen_j["by_mode"][mode]
         a = all_j["by_mode"][mode]
         per = a.get("per_class_auroc", {})
-        rows.append(f"| {mode} | {fmt(s.get('balanced_accuracy'))} | "
-                    + " | ".join(fmt(per.get(u)) for u in left_out) + f" | {seen_j.get('prompt_overlap')} |")
+        rows.append(f"| {mode} | {ci(s.get('balanced_accuracy'))} | "
+                    + " | ".join(ci(per.get(u)) for u in left_out) + f" | {seen_j.get('prompt_overlap')} |")
     return [f"### WBCAtt val (n = {all_j['n']}; seen types: {', '.join(seen)})", "", *rows, ""]
 
 
@@ -99,7 +92,7 @@ def pneumonia(work: Path, steps: list[str], log: list[str]) -> list[str]:
     return [f"### PneumoniaMNIST val (n = {j['n']}): text-supervised (class names in the captions), prompts "
             f"disjoint from the captions (prompt_overlap = {j.get('prompt_overlap')})", "",
             "| AUROC | balanced accuracy |", "|---|---|",
-            f"| {fmt(j.get('auroc'))} | {fmt(j.get('balanced_accuracy'))} |", ""]
+            f"| {ci(j.get('auroc'))} | {ci(j.get('balanced_accuracy'))} |", ""]
 
 
 def covid(work: Path, steps: list[str], log: list[str]) -> list[str]:
@@ -142,10 +135,10 @@ def covid(work: Path, steps: list[str], log: list[str]) -> list[str]:
     z = json.loads((work / "covid_zs.json").read_text())
     counts = val["label"].value_counts().to_dict()
     return [f"### covid_cxr_notes: retrieval on held-out patients ({len(held)} patients, n = {j.get('n')})", "",
-            "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys), "| " + " | ".join(fmt(j[k]) for k in keys) + " |",
+            "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys), "| " + " | ".join(ci(j[k]) for k in keys) + " |",
             "", f"Zero-shot finding detection on the same held-out patients ({counts}; prompt_overlap = "
             f"{z.get('prompt_overlap')}):", "", "| AUROC (covid-19 vs other pneumonia) | balanced accuracy |",
-            "|---|---|", f"| {fmt(z.get('auroc'))} | {fmt(z.get('balanced_accuracy'))} |", ""]
+            "|---|---|", f"| {ci(z.get('auroc'))} | {ci(z.get('balanced_accuracy'))} |", ""]
 
 
 def main() -> None:
@@ -154,7 +147,7 @@ def main() -> None:
     ap.add_argument("--left-out", default="eosinophil,monocyte", help="WBCAtt types left out of pretraining")
     ap.add_argument("--only", default="wbcatt,pneumonia,covid")
     ap.add_argument("--work", default="/tmp/medvlp-transfer")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "transfer.md"))
+    ap.add_argument("--out", default=str(RESULTS_DIR / "transfer.md"))
     a = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"shared data not found at {SHARED}")
@@ -164,15 +157,14 @@ def main() -> None:
     log: list[str] = []
     t0 = time.time()
     parts = [f"## Transfer benchmark (`python bench/transfer.py{f' --steps {a.steps}' if a.steps else ''}`)", "",
-             f"Machine: {platform.processor() or platform.machine()}, {platform.python_version()}; written by the "
+             f"Machine: {machine()}; written by the "
              f"script on {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     jobs = {"wbcatt": lambda: wbcatt(work, steps, a.left_out.split(","), log),
             "pneumonia": lambda: pneumonia(work, steps, log), "covid": lambda: covid(work, steps, log)}
     for name in a.only.split(","):
         parts += jobs[name]()
     parts += [f"Wall time {time.time() - t0:.0f} s. Commands run:", "", "```", *log, "```", ""]
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text("\n".join(parts))
+    write_text(a.out, "\n".join(parts))
     print("\n".join(parts))
 
 

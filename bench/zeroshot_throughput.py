@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import machine, sibling
 
 
 def write_images(folder: Path, n: int, side: int = 256) -> list[str]:
@@ -88,14 +88,11 @@ def bench_open_clip(model_dir: Path, paths: list[str], prompts: list[list[str]],
 
 
 def bench_slide(model_dir: Path, tmp: Path, side: int) -> dict[str, float]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from wsi_tiling import write_slide
-
     import medvlp
     from medvlp.eval.slide import slide_zero_shot
 
     t0 = time.perf_counter()
-    slide = write_slide(tmp / "slide.tif", side, 256)
+    slide = sibling("wsi_tiling").write_slide(tmp / "slide.tif", side, 256)
     t_write = time.perf_counter() - t0
     m = medvlp.load(str(model_dir), domain="pathology")
     labels = m.card.label_set("nct_crc_he").names
@@ -132,7 +129,7 @@ def main() -> None:
         labels = card.label_set().names
         prompts, _ = build_prompts(labels, card)
         print(f"{args.n} PNGs 256x256, tiny model (64 px), {len(labels)} labels, "
-              f"{sum(len(p) for p in prompts.values())} prompts, torch threads {torch.get_num_threads()}")
+              f"{sum(len(p) for p in prompts.values())} prompts; {machine(torch_threads=True)}")
         rows = []
         t = bench_cli(model_dir, paths, tmp / "res.json", args.batch_size)
         rows.append(("medvlp zeroshot (CLI, in-process, incl. model load)", t))

@@ -35,6 +35,7 @@ def test_wheel_contains_bundled_data(wheel: Path) -> None:
     assert "medvlp/_bundled/ontologies/SOURCES.md" in names
     assert any(n.startswith("medvlp/_bundled/apps/") and n.endswith(".py") for n in names)
     assert any(n.startswith("medvlp/models/model_configs/") for n in names)
+    assert "medvlp/models/zoo.json" in names  # the zoo catalogue (medvlp.models.zoo reads it at import)
 
 
 def test_installed_wheel_finds_its_data(wheel: Path, tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ def eval_zeroshot(
                                     near_dup_threshold=near_dup_threshold, mode=mode,
                                     include_parents=include_parents)
     _echo_warnings(caught)
+    _echo_unreadable(metrics)
     if train_data:
         metrics["overlap"] = _data_overlap(train_data, data)
     _echo_hygiene(metrics)
@@ -110,6 +111,16 @@ def _echo_hygiene(metrics: dict) -> None:
     if near and near["n_eval_rows"]:
         typer.echo(f"warning: {near['n_eval_rows']} eval rows have a training image with embedding cosine >= "
                    f"{near['threshold']:g} (near duplicates; see 'overlap_embedding')", err=True)
+
+
+def _echo_unreadable(metrics: dict) -> None:
+    """``N of M rows could not be read (first: row R: reason); they are left out`` on stderr."""
+    n_bad = metrics.get("n_unreadable") or 0
+    if n_bad:
+        first = metrics.get("unreadable_first") or {}
+        where = f" (first: row {first['row']}: {first['reason']})" if first else ""
+        typer.echo(f"note: {n_bad} of {metrics.get('n_rows', '?')} rows could not be read{where}; "
+                   "they are left out", err=True)
 
 
 def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:

@@ -166,7 +166,11 @@ class ImageTextDataset(torch.utils.data.Dataset):
         self.concept_fn = concept_fn
         self.row_fields = row_fields
         self.caption_fn = caption_fn
+        self.bad_log = bad_log
+        self.max_bad_fraction = max_bad_fraction
         self.bad: list[dict[str, Any]] = []
+        self._bad_seen: set[int] = set()  # rows of ``bad`` (take_bad_rows records each row once)
+        self._late_bad: dict[int, dict[str, Any]] = {}  # this process: item -> record of a failed decode
         self.rows: list[int] = []
         for i in range(len(manifest)):
             reason = check_row(manifest, i, need_caption=need_captions and tokenizer is not None, read=False)
@@ -182,15 +186,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
         self.images: np.ndarray | None = None
         if mode in ("ram", "disk"):
             self._fill_cache(mode, bad_log, progress)
-        n_total = len(manifest)
-        frac = len(self.bad) / max(n_total, 1)
-        if frac > max_bad_fraction:
-            reasons = "; ".join(f"row {b['row']}: {b['reason']}" for b in self.bad[:3])
-            raise DataError(
-                f"{len(self.bad)} of {n_total} rows of {manifest.path} are unusable ({frac:.1%} > "
-                f"--max-bad-fraction {max_bad_fraction:.1%}), e.g. {reasons}; run 'medvlp data validate "
-                f"{manifest.path}' for the full list"
-            )
+        check_bad_fraction(self)
         if not self.rows:
             raise DataError(f"{manifest.path}: no usable rows")
         self._token_cache: dict[str, torch.Tensor] = {}
@@ -198,9 +194,13 @@ class ImageTextDataset(torch.utils.data.Dataset):
             self._pretokenize()
 
     # ------------------------------------------------------------------------------------------
+    def _record(self, i: int, reason: str) -> dict[str, Any]:
+        return {"row": i, "image": str(self.m.df["image"].iloc[i]), "reason": reason}
+
     def _mark_bad(self, i: int, reason: str, bad_log: Callable | None) -> None:
-        rec = {"row": i, "image": str(self.m.df["image"].iloc[i]), "reason": reason}
+        rec = self._record(i, reason)
         self.bad.append(rec)
+        self._bad_seen.add(i)
         if bad_log is not None:
             bad_log(rec)
 
@@ -258,15 +258,56 @@ class ImageTextDataset(torch.utils.data.Dataset):
         """Manifest row of dataset item ``k``."""
         return self.rows[k]
 
+    def drop_bad_items(self) -> list[int]:
+        """Leave out the items whose rows are in ``bad`` (found while iterating, see :func:`take_bad_rows`);
+        returns the old indices of the items kept, in order (to select their already computed outputs)."""
+        kept = [k for k, r in enumerate(self.rows) if r not in self._bad_seen]
+        if len(kept) < len(self.rows):
+            self.rows = [self.rows[k] for k in kept]
+            if self.images is not None:
+                self.images = self.images[kept]
+            self._late_bad = {}
+        return kept
+
     def image(self, k: int) -> torch.Tensor:
         """uint8 (3, S, S) image of item ``k`` (no augmentation)."""
         if self.images is not None:
             return torch.from_numpy(np.ascontiguousarray(self.images[k])).permute(2, 0, 1)
         return torch.from_numpy(load_as_array(self.m.image_source(self.rows[k]), self.opts)).permute(2, 0, 1)
 
+    def _decodable(self, k: int) -> tuple[int, torch.Tensor, list[dict[str, Any]]]:
+        """``(k2, image, bad)``: item ``k`` if its image decodes, else the first of the following items
+        (wrapping around) that does, with a ``{row, image, reason}`` record of each one that did not.
+
+        The substitute depends only on ``k`` (and on which images are broken), so a run with broken images
+        keeps its batch size and its resumed batches stay the same as an uninterrupted run's.
+        """
+        if self.images is not None:  # decoded up front: bad rows were already left out
+            return k, self.image(k), []
+        bad: list[dict[str, Any]] = []
+        n = len(self.rows)
+        for j in range(min(n, MAX_SUBSTITUTE_TRIES)):
+            k2 = (k + j) % n
+            known = self._late_bad.get(k2)
+            if known is None:
+                try:
+                    return k2, self.image(k2), bad
+                except Exception as e:  # any reader failure makes the row bad, never the run
+                    known = self._record(self.rows[k2], f"unreadable image: {getattr(e, 'reason', None) or e}")
+                    self._late_bad[k2] = known
+            bad.append(known)
+        first = bad[0]
+        raise DataError(
+            f"{self.m.path}: {len(bad)} consecutive images from row {first['row']} ({first['image']}) could not "
+            f"be decoded, e.g. {first['reason']}; run 'medvlp data validate {self.m.path}' to list the broken ones"
+        )
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """One item; when its image fails to decode, a substitute's (see :meth:`_decodable`) with the
+        records of the broken rows under ``bad_rows`` (``collate`` gathers them, :func:`take_bad_rows`
+        logs them)."""
         k, epoch = key if isinstance(key, tuple) else (key, 0)
-        img = self.image(k)
+        k, img, bad = self._decodable(k)
         row = self.rows[k]
         item: dict[str, Any] = {"index": k}
         if self.train:
@@ -288,13 +329,23 @@ class ImageTextDataset(torch.utils.data.Dataset):
             item["concepts"] = self.concept_fn(row, caption)
         if self.row_fields is not None:
             item.update(self.row_fields(row))
+        if bad:
+            item["bad_rows"] = bad
         return item
 
 
+MAX_SUBSTITUTE_TRIES = 64  # consecutive undecodable images before a batch gives up with a DataError
+
+
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors; keep strings and concept lists as lists."""
+    """Stack tensors; keep strings and concept lists as lists; gather ``bad_rows`` records into one list."""
     out: dict[str, Any] = {}
+    bad = [rec for it in items for rec in it.get("bad_rows", ())]
+    if bad:
+        out["bad_rows"] = bad
     for key in items[0]:
+        if key == "bad_rows":
+            continue
         vals = [it[key] for it in items]
         if isinstance(vals[0], torch.Tensor):
             out[key] = torch.stack(vals)
@@ -303,6 +354,43 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             out[key] = vals
     return out
+
+
+def check_bad_fraction(ds: ImageTextDataset) -> None:
+    """Raise a DataError when more than ``ds.max_bad_fraction`` of the manifest's rows are bad."""
+    n_total = len(ds.m)
+    frac = len(ds.bad) / max(n_total, 1)
+    if frac > ds.max_bad_fraction:
+        reasons = "; ".join(f"row {b['row']}: {b['reason']}" for b in ds.bad[:3])
+        raise DataError(
+            f"{len(ds.bad)} of {n_total} rows of {ds.m.path} are unusable ({frac:.1%} > "
+            f"--max-bad-fraction {ds.max_bad_fraction:.1%}), e.g. {reasons}; run 'medvlp data validate "
+            f"{ds.m.path}' for the full list"
+        )
+
+
+def take_bad_rows(ds: Any, batch: dict[str, Any], log_fn: Callable[[dict[str, Any]], None] | None) -> None:
+    """Pop ``batch["bad_rows"]`` (images that failed to decode in a loader worker), record each row once
+    in ``ds.bad`` (whichever worker or epoch met it), pass new ones to ``log_fn`` (e.g. the run's
+    ``bad_samples.jsonl`` writer), and stop with a DataError, as the up-front check does, when the bad rows
+    are now more than ``max_bad_fraction`` of the manifest.
+
+    Datasets without late bad rows (e.g. streamed shards, which skip bad samples themselves) are left alone.
+    """
+    recs = batch.pop("bad_rows", None)
+    if not recs or not isinstance(ds, ImageTextDataset):
+        return
+    new = False
+    for rec in recs:
+        if rec["row"] in ds._bad_seen:
+            continue
+        ds._bad_seen.add(rec["row"])
+        ds.bad.append(rec)
+        new = True
+        if log_fn is not None:
+            log_fn(rec)
+    if new:
+        check_bad_fraction(ds)
 
 
 class StepSampler(torch.utils.data.Sampler):

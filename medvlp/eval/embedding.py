@@ -73,8 +73,13 @@ _class_embeddings = class_embeddings  # the older private name (medvlp.explain.h
 
 @torch.no_grad()
 def embed_dataset(model: Any, ds: Any, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """Unit image embeddings of every item of an :class:`ImageTextDataset` (N, D), float32 CPU."""
-    from medvlp.data.dataset import Normalizer, collate
+    """Unit image embeddings of every item of an :class:`ImageTextDataset` (N, D), float32 CPU.
+
+    Items whose image fails to decode only now (the dataset was not decoded up front, e.g. too large for
+    the cache) are recorded in ``ds.bad`` and left out of ``ds`` and of the result, so that item ``k`` of
+    ``ds`` stays the row of embedding ``k``.
+    """
+    from medvlp.data.dataset import Normalizer, collate, take_bad_rows
 
     dev = next(model.parameters()).device
     norm = Normalizer(ds.opts.mean, ds.opts.std).to(dev)
@@ -84,7 +89,16 @@ def embed_dataset(model: Any, ds: Any, batch_size: int = 256, progress: bool = F
         from tqdm.auto import tqdm
 
         it = tqdm(loader, desc="embedding images", unit="batch", leave=False)
-    feats = [model.encode_image(norm(b["image"].to(dev)), normalize=True).float().cpu() for b in it]
-    return torch.cat(feats)
+    feats = []
+    for b in it:
+        take_bad_rows(ds, b, getattr(ds, "bad_log", None))
+        feats.append(model.encode_image(norm(b["image"].to(dev)), normalize=True).float().cpu())
+    out = torch.cat(feats)
+    drop = getattr(ds, "drop_bad_items", None)
+    if drop is not None:
+        kept = drop()
+        if len(kept) < len(out):
+            out = out[kept]
+    return out
 
 

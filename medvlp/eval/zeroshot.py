@@ -319,7 +319,10 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
                                    multilabel=multilabel)
     report["n_excluded"] = len(ds) - len(keep)
     report["excluded_labels"] = outside
-    report["n_unreadable"] = len(ds.bad)
+    report["n_unreadable"] = len(ds.bad)  # missing files and images that failed to decode, left out
+    report["n_rows"] = len(manifest)
+    if ds.bad:
+        report["unreadable_first"] = {"row": ds.bad[0]["row"], "reason": ds.bad[0]["reason"]}
     report["prompts_per_label"] = {lab: len(clf.prompts[lab]) for lab in labels} if mode != "concepts" else \
         {lab: sum(len(clf.prompts[c]) for c in d["present"] + d["absent"]) for lab, d in clf.definitions.items()}
     report["unknown_labels"] = clf.unknown_labels

@@ -1,6 +1,6 @@
 """Loading trained and public models: run folders, ``local-dir:`` and ``hf-hub:`` ids, and the zoo table.
 
-The zoo table (:data:`ZOO`) records, for public medical CLIP models, what a user needs to reproduce
+The zoo table (:data:`ZOO`, read from the catalogue file ``zoo.json`` beside this module) records, for public medical CLIP models, what a user needs to reproduce
 their numbers: the id to pass to ``medvlp.load`` / ``--model``, the image preprocessing (size, mean/std,
 resize and crop), the tokenizer and context length, the domain, the licence and the paper to cite.
 ``medvlp models --zoo`` prints it.
@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,11 +36,8 @@ import torch
 from medvlp.errors import ModelError
 from medvlp.models.factory import CONFIG_FILE, MEDVLP_FILE, MedVLP, load_saved
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_TEXT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
-_CENTRE_CROP = "resize shortest side to size (bicubic), centre crop size x size"
 
 
 @dataclass(frozen=True)
@@ -66,105 +63,77 @@ class ZooEntry:
         return asdict(self)
 
 
-ZOO: dict[str, ZooEntry] = {
-    e.name: e
-    for e in (
-        ZooEntry(
-            name="biomedclip",
-            model_id="hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-            format="open_clip",
-            architecture="ViT-B/16 (timm) + PubMedBERT (BiomedBERT) text, 512-d",
-            domain="general biomedical (pathology, cxr, microscopy, ...)",
-            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
-            tokenizer="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract (HF WordPiece)",
-            context_length=256,
-            licence="MIT",
-            citation="Zhang et al., BiomedCLIP: a multimodal biomedical foundation model pretrained from fifteen "
-                     "million scientific image-text pairs, arXiv:2303.00915 (2023)",
-            notes="text tower config is fetched from the hub on first load; zero-shot reported: PCam 73.4%, "
-                  "LC25000-lung 65.2%, LC25000-colon 93.0%, RSNA 79.0%",
-        ),
-        ZooEntry(
-            name="quiltnet-b-32",
-            model_id="hf-hub:wisdomik/QuiltNet-B-32",
-            format="open_clip",
-            architecture="ViT-B/32 + CLIP text transformer (standard open_clip CLIP), 512-d",
-            domain="pathology",
-            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
-            tokenizer="open_clip BPE (SimpleTokenizer)", context_length=77,
-            licence="MIT",
-            citation="Ikezogwo et al., Quilt-1M: One Million Image-Text Pairs for Histopathology, NeurIPS 2023 "
-                     "Datasets and Benchmarks",
-            notes="standard CLIP checkpoint: converted to the custom-text layout on load",
-        ),
-        ZooEntry(
-            name="quiltnet-b-16",
-            model_id="hf-hub:wisdomik/QuiltNet-B-16",
-            format="open_clip",
-            architecture="ViT-B/16 + CLIP text transformer, 512-d",
-            domain="pathology",
-            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
-            tokenizer="open_clip BPE (SimpleTokenizer)", context_length=77,
-            licence="MIT",
-            citation="Ikezogwo et al., Quilt-1M: One Million Image-Text Pairs for Histopathology, NeurIPS 2023 "
-                     "Datasets and Benchmarks",
-        ),
-        ZooEntry(
-            name="quiltnet-b-16-pmb",
-            model_id="hf-hub:wisdomik/QuiltNet-B-16-PMB",
-            format="open_clip",
-            architecture="ViT-B/16 + PubMedBERT text, 512-d",
-            domain="pathology",
-            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
-            tokenizer="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract (HF WordPiece)",
-            context_length=256,
-            licence="MIT",
-            citation="Ikezogwo et al., Quilt-1M: One Million Image-Text Pairs for Histopathology, NeurIPS 2023 "
-                     "Datasets and Benchmarks",
-        ),
-        ZooEntry(
-            name="dermlip-vit-b-16",
-            model_id="hf-hub:redlessone/DermLIP_ViT-B-16",
-            format="open_clip",
-            architecture="ViT-B/16 + CLIP text transformer (GPT-style, 77 tokens), 512-d",
-            domain="dermatology",
-            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
-            tokenizer="open_clip BPE (SimpleTokenizer)", context_length=77,
-            licence="CC BY-NC 4.0 (Derm1M release; non-commercial, check the model card)",
-            citation="Yan et al., Derm1M: A Million-scale Vision-Language Dataset Aligned with Clinical Ontology "
-                     "Knowledge for Dermatology, arXiv:2503.14911 (ICCV 2025)",
-            notes="DermLIP's zero-shot averages 8 skin templates ('This is a skin image of {}', ...)",
-        ),
-        ZooEntry(
-            name="dermlip-panderm-pubmed-256",
-            model_id="hf-hub:redlessone/DermLIP_PanDerm-base-w-PubMed-256",
-            format="open_clip",
-            architecture="PanDerm-base ViT + PubMedBERT text (256 tokens)",
-            domain="dermatology",
-            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
-            tokenizer="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract (HF WordPiece)",
-            context_length=256,
-            licence="CC BY-NC 4.0 (Derm1M release; non-commercial, check the model card)",
-            citation="Yan et al., Derm1M: A Million-scale Vision-Language Dataset Aligned with Clinical Ontology "
-                     "Knowledge for Dermatology, arXiv:2503.14911 (ICCV 2025)",
-            notes="its vision tower is a custom PanDerm model registered by the authors' code; plain open_clip "
-                  "may not build it (medvlp.load then reports the missing architecture)",
-        ),
-        ZooEntry(
-            name="plip",
-            model_id="hf-hub:vinid/plip",
-            format="transformers",
-            architecture="CLIP ViT-B/32 fine-tuned on OpenPath (Hugging Face CLIPModel)",
-            domain="pathology",
-            image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD, resize=_CENTRE_CROP,
-            tokenizer="CLIPTokenizer (openai/clip-vit-base-patch32 BPE)", context_length=77,
-            licence="see the model card (research use)",
-            citation="Huang et al., A visual-language foundation model for pathology image analysis using medical "
-                     "Twitter, Nature Medicine 29 (2023)",
-            notes="not open_clip format: medvlp.load refuses it; use transformers' CLIPModel/CLIPProcessor",
-        ),
-    )
-}
+CATALOGUE = Path(__file__).resolve().parent / "zoo.json"
+
+
+def _type_ok(value: Any, kind: Any) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    # the 3-float normalisation tuples
+    return isinstance(value, list | tuple) and len(value) == 3 and all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in value)
+
+
+def parse_catalogue(doc: Any, source: str = "zoo.json") -> dict[str, ZooEntry]:
+    """The zoo table from a catalogue document (``{"defaults": {...}, "models": [{...}, ...]}``).
+
+    Every entry must give each :class:`ZooEntry` field (``notes`` optional) with the right type, after
+    the ``defaults`` are filled in; names must be unique (lower case) and ids ``hf-hub:ORG/NAME``.
+
+    Raises:
+        ModelError: naming the entry (position and name) and the field that is missing, unknown or wrong.
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), list):
+        raise ModelError(f"{source}: expected an object with a 'models' list")
+    defaults = doc.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise ModelError(f"{source}: 'defaults' must be an object")
+    spec = {f.name: f for f in fields(ZooEntry)}
+    kinds = {"image_size": int, "context_length": int, "mean": tuple, "std": tuple}
+    out: dict[str, ZooEntry] = {}
+    for pos, raw in enumerate(doc["models"]):
+        named = isinstance(raw, dict) and "name" in raw
+        label = f"{source}: model {pos}" + (f" ('{raw['name']}')" if named else "")
+        if not isinstance(raw, dict):
+            raise ModelError(f"{label}: expected an object of ZooEntry fields, got {type(raw).__name__}")
+        entry = {**defaults, **raw}
+        unknown = sorted(set(entry) - set(spec))
+        if unknown:
+            raise ModelError(f"{label}: unknown field(s) {unknown}; the fields are {sorted(spec)}")
+        missing = [n for n, f in spec.items() if n not in entry and f.default is MISSING]
+        if missing:
+            raise ModelError(f"{label}: missing field(s) {missing}")
+        for key, value in entry.items():
+            kind = kinds.get(key, str)
+            if not _type_ok(value, kind):
+                want = {int: "an integer", str: "a string", tuple: "a list of 3 numbers"}[kind]
+                raise ModelError(f"{label}: field '{key}' must be {want}, got {value!r}")
+        if not entry["name"] or entry["name"] != entry["name"].lower():
+            raise ModelError(f"{label}: 'name' must be a non-empty lower-case short name")
+        if entry["name"] in out:
+            raise ModelError(f"{label}: the name '{entry['name']}' is used twice")
+        if not entry["model_id"].startswith("hf-hub:") or entry["model_id"][len("hf-hub:"):].count("/") != 1:
+            raise ModelError(f"{label}: 'model_id' must be 'hf-hub:ORG/NAME', got {entry['model_id']!r}")
+        if entry["format"] not in ("open_clip", "transformers"):
+            raise ModelError(f"{label}: 'format' must be 'open_clip' or 'transformers', got {entry['format']!r}")
+        entry["mean"], entry["std"] = tuple(entry["mean"]), tuple(entry["std"])
+        out[entry["name"]] = ZooEntry(**entry)
+    return out
+
+
+def load_catalogue(path: str | Path = CATALOGUE) -> dict[str, ZooEntry]:
+    """Read and validate a zoo catalogue file (default: the bundled ``zoo.json``)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot read the zoo catalogue ({type(e).__name__}: {e})") from e
+    return parse_catalogue(doc, str(path))
+
+
+ZOO: dict[str, ZooEntry] = load_catalogue()  # read once, at import
 
 
 def list_zoo() -> list[ZooEntry]:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from medvlp.config import TrainConfig
-from medvlp.data.dataset import Normalizer
+from medvlp.data.dataset import Normalizer, take_bad_rows
 from medvlp.errors import DataError
 from medvlp.models import MedVLP
 from medvlp.objectives.distributed import mean_over_ranks
@@ -169,6 +169,7 @@ def fit(run: Run, state: tuple[_Optimisation, torch.utils.data.DataLoader], quie
     times: dict[str, float] = {}
     n_interval, step, last_losses = 0, run.start, {}
     for batch_data in loader:
+        take_bad_rows(run.ds, batch_data, run.log.bad_sample)  # rows that failed to decode in a worker
         t_data = time.time()
         times["data"] = times.get("data", 0.0) + t_data - t_last
         lr_now = cosine_lr(step, peak=run.lr, total=run.steps, warmup=run.warmup)
