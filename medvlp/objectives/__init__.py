@@ -200,7 +200,8 @@ def parse_objective(spec: str) -> dict[str, float]:
         if need and not set(need) & set(weights):
             raise ConfigError(
                 f"objective '{spec}': {name} needs an image-text objective to be added to (one of "
-                f"{', '.join(need)}: it takes the logit scale/bias init from it); write e.g. '{need[-1]}+{name}'"
+                f"{', '.join(need)}: it takes the logit scale/bias init from it); write e.g. "
+                + " or ".join(f"'{n}+{name}'" for n in need[:2])
             )
     return weights
 

@@ -222,7 +222,7 @@ class ConceptObjective(Objective):
     default_weight = 0.5
     needs_tokens = True
     needs_concept_head = True
-    requires_any = ("clip", "siglip")
+    requires_any = ("clip", "siglip", "keep", "softclip")  # any objective that sets the logit init
 
     def __init__(self, negated: str = "negative",
                  project: Callable[[torch.Tensor], torch.Tensor] | None = None, mask_same: bool = True) -> None:

@@ -57,7 +57,9 @@ from medvlp.objectives.distributed import gather_no_grad, gather_with_grad
 
 __all__ = ["CaptionSynthesiser", "KeepData", "KeepObjective", "group_relations", "keep_loss", "KEEP_OPTIONS"]
 
-KEEP_OPTIONS = {"n_per_group": 4, "caption_p": 0.0, "caption_mode": "random", "ontology": None}
+# batching: "groups" (G groups x n_per_group samples, KEEP's sampler) or "uniform" (the run's random batches,
+# e.g. to compare objectives on identical batches)
+KEEP_OPTIONS = {"n_per_group": 4, "caption_p": 0.0, "caption_mode": "random", "ontology": None, "batching": "groups"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,6 +123,20 @@ def keep_loss(
     i2t = _one_direction(logits, inv, n_groups, blocked)
     t2i = _one_direction(logits.T, inv, n_groups, blocked)
     return (i2t + t2i) / 2
+
+
+@torch.no_grad()
+def masked_pairs(groups: torch.Tensor, related: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """How many off-diagonal (image, text) pairs of the batch are not negatives: ``keep_masked`` (same
+    group or related groups) and ``keep_related_masked`` (by the ontology's hierarchy alone)."""
+    _, inv = torch.unique(groups, return_inverse=True)
+    same = inv.unsqueeze(1) == inv.unsqueeze(0)
+    n = len(groups)
+    rel = torch.zeros_like(same)
+    if related is not None and related.numel():
+        r = related | related.T
+        rel = r[inv][:, inv] & ~same
+    return {"keep_masked": (same.sum() - n + rel.sum()).float(), "keep_related_masked": rel.sum().float()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,11 +249,15 @@ class KeepObjective(Objective):
             all_groups = gather_no_grad(local)
         logits = scale * all_img @ all_txt.T
         related = self.relation_mask(torch.unique(all_groups)) if groups is not None else None
-        return {"keep": keep_loss(logits, all_groups, related)}
+        return {"keep": keep_loss(logits, all_groups, related), **masked_pairs(all_groups, related)}
 
     def data_needs(self, manifest: Any, card: Any, model: nn.Module, options: dict[str, Any]) -> DataNeeds:
         data = self.data_hooks(manifest, card, options)
-        return DataNeeds(row_fields=data.row_fields, caption_fn=data.caption_fn, batching=GroupBatching(data))
+        uniform = _keep_options(options)["batching"] == "uniform"
+        info = (f"{data.info['groups']} groups ({data.info['related_pairs']} related pairs by the ontology)"
+                + ("; uniform random batches" if uniform else ""))
+        return DataNeeds(row_fields=data.row_fields, caption_fn=data.caption_fn,
+                         batching=None if uniform else GroupBatching(data), info=info)
 
     # --------------------------------------------------------------------------------------------
     def data_hooks(self, manifest: Any, card: Any = None, options: dict[str, Any] | None = None) -> KeepData:
@@ -335,6 +355,8 @@ def _keep_options(options: dict[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"keep n_per_group must be >= 1, not {opts['n_per_group']}")
     if not 0.0 <= float(opts["caption_p"]) <= 1.0:
         raise ConfigError(f"keep caption_p must be in [0, 1], not {opts['caption_p']}")
+    if opts["batching"] not in ("groups", "uniform"):
+        raise ConfigError(f"keep batching must be groups or uniform, not {opts['batching']!r}")
     if opts["caption_mode"] not in ("random", "synonym", "chain"):
         raise ConfigError(f"keep caption_mode must be random, synonym or chain, not {opts['caption_mode']!r}")
     return opts

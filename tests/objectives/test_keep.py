@@ -441,3 +441,23 @@ def test_pretrain_keep_end_to_end(tiles_demo: Path, tmp_path: Path) -> None:
     assert [r["step"] for r in recs] == [1, 2, 3]
     assert all(math.isfinite(r["keep"]) and r["keep"] > 0 for r in recs)
     assert all(r["loss"] == pytest.approx(r["keep"]) for r in recs)
+
+
+def test_masked_pairs_counts_same_group_and_hierarchy_pairs() -> None:
+    from medvlp.objectives.keep import masked_pairs
+
+    groups = torch.tensor([0, 0, 1, 2])
+    related = torch.tensor([[False, False, False], [False, False, True], [False, False, False]])  # 1 ~ 2
+    got = masked_pairs(groups, related)
+    assert got["keep_masked"].item() == 4 and got["keep_related_masked"].item() == 2
+    assert masked_pairs(groups, None)["keep_masked"].item() == 2
+
+
+def test_uniform_batching_option_uses_the_runs_sampler() -> None:
+    from medvlp.errors import ConfigError
+
+    needs = KeepObjective().data_needs(_toy_manifest(), None, None, {"keep": {"batching": "uniform"}})
+    assert needs.batching is None and needs.row_fields is not None
+    assert KeepObjective().data_needs(_toy_manifest(), None, None, {}).batching is not None
+    with pytest.raises(ConfigError, match="batching"):
+        KeepObjective().data_needs(_toy_manifest(), None, None, {"keep": {"batching": "rows"}})
