@@ -49,8 +49,7 @@ def pointing_game(model, manifest: Path, sources: list[str], split: str | None =
         label = name_of[sec]
         lab = card.find_label(label)
         names = [list(lab.names) if lab else [label]]
-        px = model._pixels(str(root / row["image"]))[None].to(model.device)
-        x = model._norm.to(model.device)(px)
+        x = model.normalize(model.pixels(str(root / row["image"]))[None].to(model.device))
         for s in sources:
             maps, _ = heatmaps_from_pixels(model.net, x, names, list(card.prompts.templates), source=s)
             hits[s] += pointing_hit(maps[0, 0], region)

@@ -1,7 +1,8 @@
 """Group batch sampler for KEEP-style training: every global batch is G semantic groups x n samples.
 
 A *group* is a set of samples about the same disease concept (KEEP): the manifest's ``group`` column,
-or, where that is empty, the first concept the row names (``concepts`` column), its first label, or the
+or, where that is empty, its first label (as a concept id where the card or ontology knows it), the first
+concept the row names (``concepts`` column; these may be attributes, so they come after the label), or the
 first concept the ontology matcher finds in its first caption. Rows with none of these form a group of
 their own.
 
@@ -105,11 +106,12 @@ def group_keys(m: Manifest, *, graph: Any = None, card: Any = None) -> list[str]
         if col is not None and col[i] is not None and str(col[i]).strip():
             keys.append(str(col[i]).strip())
             continue
-        key = row_concept(m, i, graph)
+        key = None
+        for lab in m.labels(i):  # the row's class first: concepts may be attributes (WBCAtt) or findings
+            key = label_concept(lab, graph, card) or lab
+            break
         if key is None:
-            for lab in m.labels(i):
-                key = label_concept(lab, graph, card) or lab
-                break
+            key = row_concept(m, i, graph)
         if key is None and graph is not None and m.captions(i):
             if matcher is None:
                 from medvlp.ontology.matcher import ConceptMatcher
