@@ -5,7 +5,12 @@ pathology demo corpus (64 px PNGs, one caption per image), fp32 on CPU, batch 12
 thread count. Throughput is the median samples/s over steady-state steps (the first steps of every
 epoch, with data-loader start-up, are excluded for open_clip; medvlp has a single continuous stream).
 
-    python bench/train_throughput.py [--steps 33] [--threads 2] [--batch 128]
+Each measurement runs in its own process; the sides alternate over ``--repeats`` rounds (order reversed every
+other round) and the median with its range is printed; the ratio is against the better open_clip setting
+(0 or 2 data-loader workers). medvlp's own step split (data wait, forward, backward, optimizer) is printed
+from its metrics.jsonl.
+
+    python bench/train_throughput.py [--steps 33] [--threads 2] [--batch 128] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import json
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,18 +27,21 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from _common import machine, metrics_records, train_run
+from _common import load_average, machine, metrics_records, pathology_tiles, train_run
 
 
 def _csv(tmp: Path, manifest: Path | None) -> Path:
+    """A tile-image TSV (image path, one caption) that both trainers read: by default the pathology demo's
+    64 px tile variant (PNG files; the default demo is whole-slide tile references, which open_clip's CSV
+    loader cannot read)."""
     if manifest is None:
-        from medvlp.data.synthetic import demo_manifest
-
-        manifest = demo_manifest("pathology", progress=False)
+        manifest = pathology_tiles(tmp / "tiles", n_per_class=400)
     df = pd.read_csv(manifest)
-    df = df[df.split == "train"]
+    df = df[df.split == "train"] if "split" in df.columns else df
+    if df["image"].astype(str).str.contains("#").any():
+        raise SystemExit(f"{manifest}: whole-slide tile references; give a manifest of image files")
     out = pd.DataFrame({"image": [str(manifest.parent / p) for p in df.image],
-                        "caption": [json.loads(c)[0] for c in df.caption]})
+                        "caption": [json.loads(c)[0] if str(c).startswith("[") else c for c in df.caption]})
     path = tmp / "train.tsv"
     out.to_csv(path, index=False, sep="\t")
     return path
@@ -79,24 +88,63 @@ def run_open_clip(csv: Path, steps: int, batch: int, threads: int, workers: int,
     return {"samples_per_s": statistics.median(steady or per_step), "wall_s": wall, "steps": len(per_step)}
 
 
+def _worker(a: argparse.Namespace) -> None:
+    """One measurement in a fresh process (so the sides share no warm state); prints a JSON line."""
+    torch.set_num_threads(a.threads)
+    tmp = Path(tempfile.mkdtemp(prefix=f"tp-{a.worker}-"))
+    if a.worker == "medvlp":
+        r = run_medvlp(a.csv, a.steps, a.batch, a.threads, tmp)
+        recs = metrics_records(tmp / "medvlp")[3:]
+        r["split"] = {k: statistics.median(x[k] for x in recs) for k in
+                      ("data_time", "forward_time", "backward_time", "optimizer_time") if all(k in x for x in recs)}
+        r["peak_rss_mb"] = max(x.get("peak_rss_mb", 0) for x in recs)
+    else:
+        r = run_open_clip(a.csv, a.steps, a.batch, a.threads, int(a.worker.split("w")[-1]), tmp)
+    print("RESULT " + json.dumps(r), flush=True)
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} (min {min(values):.1f}, max {max(values):.1f}, n={len(values)})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=33)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--manifest", type=Path, default=None, help="demo-style manifest (default: the pathology demo)")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating repeats per side")
+    ap.add_argument("--manifest", type=Path, default=None, help="a manifest of image files (default: the "
+                                                                "pathology demo's tile images)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--csv", type=Path, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.worker:
+        return _worker(a)
+    sides = ["medvlp", "openclip-w0", "openclip-w2"]
+    results: dict[str, list[dict]] = {s: [] for s in sides}
     with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        csv = _csv(tmp, a.manifest)
-        ours = run_medvlp(csv, a.steps, a.batch, a.threads, tmp)
-        base = {w: run_open_clip(csv, a.steps, a.batch, a.threads, w, tmp) for w in (0, 2)}
-    best = max(base.values(), key=lambda r: r["samples_per_s"])
-    print(f"machine: {machine(torch_threads=True)}, {sys.platform}")
-    print(f"medvlp       : {ours['samples_per_s']:.1f} samples/s ({ours['steps']} steps, {ours['wall_s']:.0f} s wall)")
-    for w, r in base.items():
-        print(f"open_clip w={w}: {r['samples_per_s']:.1f} samples/s ({r['steps']} steps, {r['wall_s']:.0f} s wall)")
-    print(f"ratio medvlp / best open_clip: {ours['samples_per_s'] / best['samples_per_s']:.2f}")
+        csv = _csv(Path(d), a.manifest)
+        for rep in range(a.repeats):
+            order = sides if rep % 2 == 0 else sides[::-1]  # alternate, so drift hits both sides alike
+            for side in order:
+                cmd = [sys.executable, __file__, "--worker", side, "--csv", str(csv), "--steps", str(a.steps),
+                       "--batch", str(a.batch), "--threads", str(a.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if line is None:
+                    raise SystemExit(f"{side} failed:\n{out.stderr[-3000:]}")
+                results[side].append(json.loads(line[len("RESULT "):]))
+                print(f"repeat {rep + 1} {side}: {results[side][-1]['samples_per_s']:.1f} samples/s", flush=True)
+    med = {s: statistics.median(r["samples_per_s"] for r in results[s]) for s in sides}
+    best = max(sides[1:], key=lambda s: med[s])
+    print(f"machine: {machine(torch_threads=True)}, {sys.platform}; load average {load_average()}")
+    print(f"data: {a.steps} steps x batch {a.batch}, tiny model, fp32, clip at 1.0, {a.threads} threads")
+    for s in sides:
+        print(f"{s:<12}: {_spread([r['samples_per_s'] for r in results[s]])} samples/s")
+    split = results["medvlp"][-1].get("split", {})
+    if split:
+        print("medvlp step split (median s): " + ", ".join(f"{k} {v:.4f}" for k, v in split.items()))
+    print(f"ratio medvlp / best open_clip: {med['medvlp'] / med[best]:.2f}")
 
 
 if __name__ == "__main__":
