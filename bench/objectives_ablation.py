@@ -307,10 +307,11 @@ def main(argv: list[str] | None = None) -> int:
             if obj == "softclip" and name == "covid":
                 continue  # free text: no label vectors to build soft targets from
             for seed in seeds:
-                out = args.work / "runs" / f"{name}-{obj.replace('+', '_')}-s{seed}"
-                train_run(data["domain"], data["train"], out, objective=obj, steps=args.steps,
-                          batch_size=args.batch_size, seed=seed, log_every=10,
-                          extra={"keep": {"batching": "uniform"}} if "keep" in obj else {})
+                out = args.work / "runs" / f"{name}-{obj.replace('+', '_')}-s{seed}-{args.steps}x{args.batch_size}"
+                if not (out / "model" / "medvlp.json").is_file():  # a finished run of the same settings is reused
+                    train_run(data["domain"], data["train"], out, objective=obj, steps=args.steps,
+                              batch_size=args.batch_size, seed=seed, log_every=10,
+                              extra={"keep": {"batching": "uniform"}} if "keep" in obj else {})
                 import medvlp
 
                 model = medvlp.load(out)
@@ -334,6 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         v = verdict(results, HEADLINE[name])
         sections += ["", f"Verdict ({name}): {v}", ""]
         verdicts.append(f"- {name}: {v}")
+        _write(args, argv, seeds, t0, verdicts, sections)  # after every dataset: a stopped run keeps its table
+    body = _write(args, argv, seeds, t0, verdicts, sections)
+    print(body)
+    return 0
+
+
+def _write(args: argparse.Namespace, argv: list[str] | None, seeds: list[int], t0: float, verdicts: list[str],
+           sections: list[str]) -> str:
     cmd = command_line(__file__, argv)
     body = "\n".join([
         f"Command: `{cmd}`  ", f"Machine: {machine()}  ",
@@ -346,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text(args.out, f"{title}\n\n{body}\n")
     if args.results:
         write_section(Path(args.results), "objectives-ablation", f"{title}\n\n{body}")
-    print(body)
-    return 0
+    return body
 
 
 if __name__ == "__main__":
