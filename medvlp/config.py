@@ -48,6 +48,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
     resume: bool = False  # continue from the run folder's last checkpoint
     concept_loss_weight: float = 0.5  # lambda of the concept objective when combined
+    fsdp: bool = False  # shard weights, gradients and optimizer state over processes (FSDP2); torchrun only
     dry_run: bool = False  # resolve and print the run (layout, batch, steps) without training or writing
     extra: dict[str, Any] = field(default_factory=dict)  # objective-specific options
 

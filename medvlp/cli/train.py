@@ -41,6 +41,8 @@ def pretrain(
     log_every: Annotated[int, typer.Option(help="Steps between metrics.jsonl lines.")] = 10,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the held-out zero-shot evaluation.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    fsdp: Annotated[bool, typer.Option("--fsdp", help="Shard weights, gradients and optimizer state over the "
+                                                      "processes (FSDP2; under torchrun).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve and print the run (world size, per-rank "
                                                             "batch, steps, samples/epoch); train nothing.")] = False,
 ) -> None:
@@ -52,7 +54,7 @@ def pretrain(
         grad_accum=grad_accum, grad_clip=grad_clip, warmup=warmup, weight_decay=weight_decay, lock_text=lock_text,
         lock_image=lock_image, patch_dropout=patch_dropout, grad_checkpointing=grad_checkpointing, workers=workers,
         cache=cache, max_bad_fraction=max_bad_fraction, threads=threads, save_every=save_every,
-        log_every=log_every, eval=not no_eval, dry_run=dry_run,
+        log_every=log_every, eval=not no_eval, dry_run=dry_run, fsdp=fsdp,
     )
     result = run(cfg, quiet=quiet)
     if result.metrics is not None:

@@ -27,7 +27,7 @@ from torch import nn
 
 from medvlp.config import TrainConfig
 from medvlp.data.dataset import Normalizer, take_bad_rows
-from medvlp.errors import DataError
+from medvlp.errors import ConfigError, DataError
 from medvlp.models import MedVLP
 from medvlp.objectives.distributed import mean_over_ranks
 from medvlp.train.checkpoint import rng_state, save_checkpoint, set_rng_state
@@ -85,6 +85,8 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
                                                       "world": dinfo.world, "n_train": len(run.ds)})
     run.log.info(describe(run))
     result = fit(run, prepare_optimisation(run), quiet)
+    if cfg.fsdp:
+        run.model = _gathered(run)  # the full weights, on rank 0, for the model folder and the evaluation
     if dinfo.is_main:
         finish(run, result, quiet)
         run.log.info(f"done in {time.time() - t_start:.0f} s (training {result.train_seconds:.0f} s); "
@@ -96,8 +98,9 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
 class _Optimisation:
     """Optimizer, loss scaler and autocast of a run; restores them (and the RNG) from a checkpoint."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, replicated: set[nn.Parameter] | None = None) -> None:
         cfg, dev = run.cfg, run.dinfo.device
+        self.replicated = replicated  # with --fsdp: the scalar parameters kept whole on every rank
         self.params = param_groups(run.model, cfg.weight_decay)
         self.opt = _adamw(self.params, lr=run.lr, betas=(0.9, cfg.beta2), eps=1e-6)
         use_scaler = run.precision == "fp16" and dev.type == "cuda"
@@ -114,16 +117,34 @@ class _Optimisation:
         ckpt = run.ckpt
         if ckpt is None:
             return
-        run.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
+        if ("sharded" in ckpt) != bool(self.replicated is not None):
+            raise ConfigError(f"--resume: the checkpoint in {run.out / 'checkpoints'} was written "
+                              f"{'with' if 'sharded' in ckpt else 'without'} --fsdp; resume it the same way")
+        if "sharded" in ckpt:
+            from medvlp.train.sharding import load_sharded
+
+            load_sharded(run.out / "checkpoints", ckpt, run.model, self.opt)
+        else:
+            run.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt.get("scaler", {}))
         set_rng_state(ckpt["rng"])
         run.log.info(f"  resumed from step {run.start}")
 
     def step(self, run: Run, lr: float) -> None:
+        if self.replicated is not None:
+            from medvlp.train.sharding import sync_replicated
+
+            sync_replicated(self.replicated)
         if run.cfg.grad_clip > 0:
             self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_([p for g in self.params for p in g["params"]], run.cfg.grad_clip)
+            params = [p for g in self.params for p in g["params"]]
+            if self.replicated is not None:
+                from medvlp.train.sharding import clip_grad_norm
+
+                clip_grad_norm(params, run.cfg.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, run.cfg.grad_clip)
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.scaler.step(self.opt)
@@ -135,8 +156,21 @@ class _Optimisation:
 
 
 def prepare_optimisation(run: Run) -> tuple[_Optimisation, torch.utils.data.DataLoader]:
-    """The optimisation state (restored from the checkpoint, RNG included) and then the loader."""
-    optim = _Optimisation(run)
+    """The optimisation state (restored from the checkpoint, RNG included) and then the loader.
+
+    With ``--fsdp`` the model is sharded first (the optimizer must see the sharded parameters)."""
+    replicated = None
+    if run.cfg.fsdp:
+        if not run.dinfo.distributed:
+            raise ConfigError("--fsdp shards the model over processes: start the run with torchrun "
+                              "(e.g. torchrun --nproc-per-node 2 -m medvlp pretrain ... --fsdp)")
+        if run.cfg.grad_accum > 1:
+            raise ConfigError("--fsdp with --grad-accum is not supported yet; raise --batch-size or the number "
+                              "of processes instead")
+        from medvlp.train.sharding import shard_model
+
+        replicated = shard_model(run.model)
+    optim = _Optimisation(run, replicated)
     optim.restore(run)
     return optim, build_loader(run)
 
@@ -155,7 +189,7 @@ def fit(run: Run, state: tuple[_Optimisation, torch.utils.data.DataLoader], quie
     optim, loader = state
     cfg, dinfo, model, dev = run.cfg, run.dinfo, run.model, run.dinfo.device
     train_model: nn.Module = model
-    if dinfo.distributed:
+    if dinfo.distributed and not cfg.fsdp:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     normalizer = Normalizer(run.opts.mean, run.opts.std).to(dev)
     pbar = None
@@ -206,7 +240,7 @@ def fit(run: Run, state: tuple[_Optimisation, torch.utils.data.DataLoader], quie
         if pbar is not None:
             pbar.update(1)
         if step % run.save_every == 0 or step == run.steps:
-            _save(run.out, model, optim.opt, optim.scaler, step, run.resolved, dinfo)
+            _save(run.out, model, optim.opt, optim.scaler, step, run.resolved, dinfo, sharded=cfg.fsdp)
     if pbar is not None:
         pbar.close()
     return RunResult(out=run.out, steps=step, train_seconds=time.time() - t_train,
@@ -240,13 +274,29 @@ def _adamw(params: list[dict[str, Any]], **kw: Any) -> torch.optim.Optimizer:
 
 
 def _save(out: Path, model: MedVLP, opt: torch.optim.Optimizer, scaler: Any, step: int, cfg: TrainConfig,
-          dinfo: DistInfo) -> None:
+          dinfo: DistInfo, sharded: bool = False) -> None:
+    meta = {"scaler": scaler.state_dict(), "rng": rng_state(), "step": step, "config": cfg.to_dict()}
+    if sharded:
+        from medvlp.train.sharding import save_sharded
+
+        save_sharded(out / "checkpoints", model, opt, meta)  # every rank writes its shard
+        return
     if dinfo.is_main:
-        save_checkpoint(out / "checkpoints", {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng_state(), "step": step, "config": cfg.to_dict(),
-        })
+        save_checkpoint(out / "checkpoints", {"model": model.state_dict(), "optimizer": opt.state_dict(), **meta})
     barrier()
+
+
+def _gathered(run: Run) -> MedVLP:
+    """With ``--fsdp``: the full weights gathered (every rank takes part) into an unsharded model on rank 0."""
+    from medvlp.models import create_model
+    from medvlp.train.sharding import full_state_dict
+
+    state = full_state_dict(run.model)
+    if not run.dinfo.is_main:
+        return run.model
+    plain = create_model(run.info["model"], device="cpu", seed=run.cfg.seed, **run.objective.model_kwargs())
+    plain.load_state_dict(state)
+    return plain.to(run.dinfo.device)
 
 
 def _num(x: Any) -> str:
