@@ -1,16 +1,17 @@
-"""Zero-shot diagnosis app: `medvlp app diagnose` (Streamlit). Thin: logic in medvlp.explain.app_support."""
+"""Zero-shot diagnosis app: `medvlp app diagnose` (Streamlit). Thin: logic in medvlp.app.support."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from medvlp.app import support as sup
+from medvlp.app.ui import choose_domain_and_model, label_editor, read_uploads, require_access
 from medvlp.errors import MedvlpError
-from medvlp.explain import app_support as sup
-from medvlp.explain.app_ui import choose_domain_and_model, label_editor, read_uploads
 
 st.set_page_config(page_title="medvlp · diagnose", layout="wide")
 st.title("Zero-shot diagnosis")
+require_access()
 
 card, model = choose_domain_and_model()
 if model is None:

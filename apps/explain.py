@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
+from medvlp.app import support as sup
+from medvlp.app.ui import choose_domain_and_model, label_editor, read_uploads, require_access, server_path
 from medvlp.errors import MedvlpError
-from medvlp.explain import app_support as sup
-from medvlp.explain.app_ui import choose_domain_and_model, label_editor, read_uploads
 
 st.set_page_config(page_title="medvlp · explain", layout="wide")
 st.title("Why this diagnosis?")
+require_access()
 
 card, model = choose_domain_and_model()
 tab_image, tab_slide = st.tabs(["Image", "Slide heatmap"])
@@ -22,7 +25,8 @@ with tab_slide:
                "(N,) or (N, C) and the tile size attribute (`patch_size_level0`, as `medvlp wsi tile` writes).")
     h5 = st.file_uploader("Tile scores (.h5)", type=["h5", "hdf5"], key="slide_h5")
     thumb_file = st.file_uploader("Thumbnail image (optional)", type=["png", "jpg", "jpeg"], key="slide_thumb")
-    slide_path = st.text_input("or the slide file on this machine (optional)", key="slide_path")
+    # a slide on the server only under --data-root; a path stored inside the uploaded file is never followed
+    slide_path = server_path("or the slide file on this machine (optional)", key="slide_path")
     if h5 is not None:
         import tempfile
         from pathlib import Path
@@ -39,7 +43,7 @@ with tab_slide:
                 columns = list(read_tile_scores_h5(p)["scores"])
                 col = st.selectbox("Score", columns, key="slide_score")
                 thumb = Image.open(thumb_file).convert("RGB") if thumb_file is not None else None
-                thumb, hm, used = slide_heatmap_from_h5(p, thumb, score=col, slide=slide_path.strip() or None)
+                thumb, hm, used = slide_heatmap_from_h5(p, thumb, score=col, slide=slide_path)
             alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="slide_alpha")
             st.image(overlay(thumb, hm, alpha), caption=f"{used}: {int((~pd.isna(hm)).sum())} thumbnail pixels "
                      "covered by tiles", width="stretch")
@@ -109,8 +113,10 @@ with tab_image:
         st.session_state["cbm_manifest"] = str(demo_manifest("pathology", n_per_class=30, progress=False,
                                                                 variant="tiles"))
 
-    manifest = st.text_input("Labelled manifest to fit it on (CSV/JSONL/Parquet with image and label)",
-                             key="cbm_manifest")
+    manifest = st.session_state.get("cbm_manifest") or server_path(
+        "Labelled manifest to fit it on (CSV/JSONL/Parquet with image and label)", key="cbm_manifest_path") or ""
+    if manifest:
+        st.caption(f"manifest: `{Path(manifest).name}`")
     cols = st.columns(2)
     if card.name == "pathology":
         cols[1].button("Use the demo corpus", key="cbm_demo", on_click=_use_demo)

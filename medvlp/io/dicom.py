@@ -84,10 +84,10 @@ SAFE_TAGS: tuple[str, ...] = (
     "Exposure",
     "Manufacturer",
     "ManufacturerModelName",
-    "ProtocolName",
-    "SeriesDescription",
-    "StudyDescription",
 )
+# Free-text descriptions (StudyDescription, SeriesDescription, ProtocolName, ImageComments, ...) are never in
+# SAFE_TAGS: names and record numbers are typed into them (the DICOM basic confidentiality profile, PS3.15
+# Annex E, removes them).
 
 # Patient, study, institution and time tags: only with include_phi=True. Age and sex are quasi-identifiers.
 PHI_TAGS: tuple[str, ...] = (
@@ -394,4 +394,46 @@ def dicom_metadata(path: str | Path, include_phi: bool = False) -> dict[str, Any
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if tsyntax is not None:
         out["TransferSyntax"] = tsyntax.name
+    return out
+
+
+# What the apps show of a DICOM header: acquisition and display parameters only (PS3.15 Annex E keeps
+# these; no names, ids, UIDs, dates, institution or free text).
+DISPLAY_TAGS: tuple[str, ...] = (
+    "Modality", "PhotometricInterpretation", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PixelSpacing", "ImagerPixelSpacing",
+    "PixelAspectRatio", "WindowCenter", "WindowWidth", "VOILUTFunction", "RescaleSlope", "RescaleIntercept",
+    "PresentationLUTShape", "ViewPosition", "ImageLaterality", "BodyPartExamined", "LossyImageCompression",
+    "KVP", "ExposureTime",
+)
+
+
+def display_tags(source: str | Path | Any) -> dict[str, Any]:
+    """The technical header tags of a DICOM file (or an open pydicom dataset) that are safe to show.
+
+    Only :data:`DISPLAY_TAGS` (modality, photometric interpretation, bits, spacing, window, view, ...) and the
+    transfer syntax's name; never patient, study, institution, date, UID or free-text tags. When the file says
+    ``BurnedInAnnotation = YES`` (text such as the patient's name drawn into the pixels), ``warnings`` says so.
+
+    Raises:
+        ImageReadError: the file is not a readable DICOM file.
+
+    Example:
+        >>> display_tags("chest.dcm")  # doctest: +SKIP
+        {'Modality': 'CR', 'PhotometricInterpretation': 'MONOCHROME1', 'Rows': 2140, ..., 'warnings': []}
+    """
+    ds = _dcmread(Path(source), stop_before_pixels=True) if isinstance(source, str | Path) else source
+    out: dict[str, Any] = {}
+    for keyword in DISPLAY_TAGS:
+        value = ds.get(keyword)
+        if value is not None and value != "":
+            out[keyword] = _plain(value)
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if tsyntax is not None:
+        out["TransferSyntax"] = tsyntax.name
+    notes = []
+    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+        notes.append("BurnedInAnnotation is YES: the pixels may show identifying text (names, dates, ids); "
+                        "check the image before sharing it")
+    out["warnings"] = notes
     return out

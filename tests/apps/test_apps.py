@@ -48,7 +48,8 @@ def with_demo(demo_run, monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ fast
-def test_diagnose_without_a_model_offers_the_demo(no_demo):
+def test_diagnose_without_a_model_offers_the_demo(no_demo, monkeypatch):
+    monkeypatch.setenv("MEDVLP_APP_ALLOW_TRAINING", "1")  # `medvlp app diagnose --allow-training`
     at = _app("diagnose").run()
     assert not at.exception
     assert at.sidebar.selectbox(key="domain").value == "pathology"
@@ -57,14 +58,14 @@ def test_diagnose_without_a_model_offers_the_demo(no_demo):
     assert "Choose a model" in _texts(at)
 
 
-def test_missing_model_folder_shows_a_message(no_demo, tmp_path):
+def test_a_broken_allowed_model_shows_a_message(no_demo, tmp_path, monkeypatch):
+    (tmp_path / "broken-run").mkdir()
+    monkeypatch.setenv("MEDVLP_APP_MODELS", str(tmp_path / "broken-run"))  # `--models` at launch
     at = _app("diagnose").run()
-    at.sidebar.radio(key="model_mode").set_value("Run folder or zoo id").run()
-    assert "no model given" in _texts(at)
-    at.sidebar.text_input(key="model_source").input(str(tmp_path / "missing-run")).run()
+    at.sidebar.radio(key="model_mode").set_value("A model this app was started with").run()
     assert not at.exception
     errors = [e.value for e in at.sidebar.error]
-    assert len(errors) == 1 and "does not exist" in errors[0] and "missing-run" in errors[0]
+    assert len(errors) == 1 and "could not load the model" in errors[0]
     # the app keeps running: choosing another domain still works
     at.sidebar.selectbox(key="domain").set_value("cxr").run()
     assert not at.exception and at.sidebar.caption[0].value.lower().startswith("chest")
@@ -111,7 +112,9 @@ def test_diagnose_uploads_and_results(with_demo):
     tops = [m.value for m in at.markdown if "top label" in m.value]
     assert len(tops) == 2 and all(any(f"**{lab}**" in t for lab in labels) for t in tops)
     df = at.dataframe[0].value
-    assert list(df["image"]) == [p.name for p in imgs]
+    from medvlp.app.support import upload_id
+
+    assert list(df["image"]) == [upload_id(p.read_bytes()) for p in imgs]  # opaque ids, never file names
     probs = df[[f"p({lab})" for lab in labels]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
     assert list(df["top_label"]) == [labels[int(i)] for i in probs.argmax(1)]
@@ -154,10 +157,14 @@ def test_diagnose_bad_uploads(with_demo):
     assert not at.exception, at.exception
     errors = [e.value for e in at.error]
     assert len(errors) == 2
-    assert errors[0].startswith("broken.png:") and errors[1].startswith("nopixels.dcm:")
+    from medvlp.app.support import upload_id
+
+    assert errors[0].startswith(upload_id(b"\x89PNG\r\n\x1a\n garbage") + ":")
+    assert errors[1].startswith(upload_id(buf.getvalue()) + ":")
+    assert "broken.png" not in _texts(at) and "nopixels" not in _texts(at)
     assert "pixel" in errors[1].lower()
     assert "Doe" not in _texts(at)
-    assert list(at.dataframe[0].value["image"]) == ["good.png"]  # the readable one still gets a result
+    assert list(at.dataframe[0].value["image"]) == [upload_id(good)]  # the readable one still gets a result
 
 
 @pytest.mark.slow
@@ -168,7 +175,10 @@ def test_diagnose_dicom_window_controls(with_demo):
     at = _app("diagnose").run()
     at.file_uploader(key="uploads").set_value(("chest.dcm", dcm.read_bytes(), "application/dicom")).run()
     assert not at.exception, at.exception
-    centre, width = at.slider(key="wc_chest.dcm"), at.slider(key="ww_chest.dcm")
+    from medvlp.app.support import upload_id
+
+    uid = upload_id(dcm.read_bytes())
+    centre, width = at.slider(key=f"wc_{uid}"), at.slider(key=f"ww_{uid}")
     assert centre.min < centre.value < centre.max and width.value > 1
     header = json.loads(at.json[0].proto.body)
     assert header["Modality"] == "CR" and header["PhotometricInterpretation"] == "MONOCHROME1"
@@ -182,8 +192,9 @@ def test_diagnose_dicom_window_controls(with_demo):
 
 
 @pytest.mark.slow
-def test_explain_image_page(with_demo):
+def test_explain_image_page(with_demo, monkeypatch):
     root = with_demo[1].parent
+    monkeypatch.setenv("MEDVLP_APP_DATA_ROOT", str(root))  # `medvlp app explain --data-root ROOT`
     img = sorted((root / "images").glob("02_*.png"))[0]
     at = _app("explain").run()
     assert not at.exception
@@ -202,7 +213,7 @@ def test_explain_image_page(with_demo):
     at.selectbox(key="hm_key").set_value("mucus").run()
     assert not at.exception
     # concept bottleneck on the demo corpus
-    at.text_input(key="cbm_manifest").input(str(with_demo[1])).run()
+    at.text_input(key="cbm_manifest_path").input(with_demo[1].name).run()  # relative to the data root
     at.button(key="cbm_fit").click().run()
     assert not at.exception, at.exception
     assert any("Bottleneck prediction" in m.value for m in at.markdown)

@@ -136,7 +136,6 @@ def test_no_module_import_cycles():
     assert not cycles, f"import cycles between modules: {cycles}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 open: explain/app_* import medvlp (the apps' support code is not yet in medvlp/app)")
 def test_layers_import_downwards_only():
     mods = _modules()
     bad = []
@@ -192,7 +191,6 @@ def test_train_names_no_objective():
     assert not hits, "medvlp/train names objectives:\n" + "\n".join(hits)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 open: explain/app_support.py and app_ui.py not yet moved to medvlp/app")
 def test_explain_has_nothing_app_specific():
     bad = []
     for path in (ROOT / "explain").rglob("*.py"):

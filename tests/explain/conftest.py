@@ -15,8 +15,8 @@ SETTINGS = {"n_per_class": 30, "steps": 60, "batch_size": 32, "seed": 0, "object
 
 def trained_demo_run(cache_root: Path) -> tuple[Path, Path]:
     """(run folder, demo manifest); trains once per settings (see SETTINGS)."""
+    from medvlp.app.support import train_demo_run
     from medvlp.data.synthetic import demo_manifest
-    from medvlp.explain.app_support import train_demo_run
     from medvlp.objectives import available
 
     key = "-".join(f"{v}" for v in SETTINGS.values())

@@ -41,14 +41,23 @@ def check_upload_size(n_bytes: int, limit_mb: int | None = None, name: str = "up
                         "crop or downsample it, or run `medvlp zeroshot` on the file instead")
 
 
+def upload_id(data: bytes) -> str:
+    """An opaque id for an upload (``upload-`` and 8 hex digits of its SHA-256): what the apps show and export
+    instead of the file name, which often holds a record or accession number."""
+    import hashlib
+
+    return "upload-" + hashlib.sha256(data).hexdigest()[:8]
+
+
 @dataclass
 class Upload:
-    """One uploaded image, decoded."""
+    """One uploaded image, decoded. ``name`` is its opaque :func:`upload_id`, never the file name."""
 
     name: str
     image: Image.Image  # 8-bit RGB, as the model reads it
     kind: str  # png | jpeg | tiff | dicom | ...
-    metadata: dict[str, Any] = field(default_factory=dict)  # non-identifying header fields (DICOM)
+    metadata: dict[str, Any] = field(default_factory=dict)  # technical header tags (DICOM display_tags)
+    warnings: list[str] = field(default_factory=list)  # e.g. burned-in annotation
     window: tuple[float, float] | None = None  # DICOM (centre, width) applied
     value_range: tuple[float, float] | None = None  # DICOM modality value range (for window sliders)
 
@@ -102,15 +111,17 @@ def read_upload(name: str, data: bytes, *, card: Any = None, window: tuple[float
                 limit_mb: int | None = None) -> Upload:
     """Decode an uploaded file (PNG, JPEG, TIFF incl. multichannel microscopy, DICOM).
 
-    DICOM headers are reduced to non-identifying tags (:func:`medvlp.io.dicom.dicom_metadata` without
-    PHI); a ``window`` (centre, width) replaces the file's own VOI.
+    ``name`` (the browser's file name) only decides the format by its suffix; the upload is known by its
+    opaque :func:`upload_id` in the result and in every message. DICOM headers are reduced to technical
+    tags (:func:`medvlp.io.dicom.display_tags`); a ``window`` (centre, width) replaces the file's own VOI.
 
     Raises:
         DataError: too large or empty. ImageReadError: unreadable (the reason says why).
     """
-    check_upload_size(len(data), limit_mb, name)
+    uid = upload_id(data)
+    check_upload_size(len(data), limit_mb, uid)
     if not data:
-        raise DataError(f"{name}: the file is empty")
+        raise DataError(f"{uid}: the file is empty")
     from medvlp.io import read_image, sniff_format
 
     suffix = Path(name).suffix.lower() or ".bin"
@@ -119,26 +130,34 @@ def read_upload(name: str, data: bytes, *, card: Any = None, window: tuple[float
         path.write_bytes(data)
         kind = sniff_format(path)
         if kind == "dicom" or suffix in (".dcm", ".dicom"):
-            from medvlp.io.dicom import dicom_metadata, read_dicom
+            from medvlp.io.dicom import display_tags, read_dicom
 
-            meta = dicom_metadata(path, include_phi=False)
+            try:
+                meta = display_tags(path)
+            except ImageReadError as e:
+                raise ImageReadError(uid, getattr(e, "reason", None) or str(e)) from None
+            notes = list(meta.pop("warnings", []))
             try:
                 centre, width, lo, hi = dicom_window_defaults(path)
-            except ImageReadError:
-                read_dicom(path)  # raises the reader's own message (no pixel data, missing decoder, ...)
-                raise
+            except ImageReadError as first:
+                try:
+                    read_dicom(path)  # the reader's own message (no pixel data, missing decoder, ...)
+                except ImageReadError as e:
+                    raise ImageReadError(uid, e.reason) from None
+                raise ImageReadError(uid, first.reason) from None
             except Exception as e:  # noqa: BLE001 - pydicom errors on damaged files
-                raise ImageReadError(name, f"unreadable DICOM ({str(e).splitlines()[0][:120]})") from None
+                raise ImageReadError(uid, f"unreadable DICOM ({str(e).splitlines()[0][:120]})") from None
             win = window or (centre, width)
             img = read_dicom_windowed(path, *win)
-            return Upload(name, img, "dicom", meta, window=(float(win[0]), float(win[1])), value_range=(lo, hi))
+            return Upload(uid, img, "dicom", meta, notes, window=(float(win[0]), float(win[1])),
+                          value_range=(lo, hi))
         opts = card.image.reader_options() if card is not None else None
         try:
             img = read_image(path, options=opts)
         except ImageReadError as e:
-            raise ImageReadError(name, e.reason if hasattr(e, "reason") else str(e)) from None
+            raise ImageReadError(uid, e.reason if hasattr(e, "reason") else str(e)) from None
         img.load()
-        return Upload(name, img.convert("RGB"), kind)
+        return Upload(uid, img.convert("RGB"), kind)
 
 
 # --------------------------------------------------------------------------------------------------

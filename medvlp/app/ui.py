@@ -1,17 +1,58 @@
 """Streamlit widgets shared by the two apps: domain and model choice, label editor, uploads.
 
 Imported only by ``apps/*.py`` (it imports Streamlit); the logic they call lives in
-:mod:`medvlp.explain.app_support`.
+:mod:`medvlp.app.support` and :mod:`medvlp.app.settings`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
+from medvlp.app import support as sup
+from medvlp.app.settings import AppSettings, confine, token_ok
 from medvlp.errors import MedvlpError
-from medvlp.explain import app_support as sup
+
+
+def settings() -> AppSettings:
+    """The settings the app was launched with (``medvlp app NAME --token/--data-root/--models/...``)."""
+    return AppSettings.from_env()
+
+
+def require_access(s: AppSettings | None = None) -> AppSettings:
+    """With an access token set: nothing but a token prompt until it is given (``?token=`` works too)."""
+    s = s or settings()
+    if not s.token or st.session_state.get("_medvlp_access"):
+        return s
+    given = st.query_params.get("token")
+    if not token_ok(given, s.token):
+        given = st.text_input("Access token", type="password", key="_access_token")
+    if given and token_ok(given, s.token):
+        st.session_state["_medvlp_access"] = True
+        return s
+    if given:
+        st.error("wrong access token")
+    st.info("This app was started with an access token: enter it to continue.")
+    st.stop()
+    return s
+
+
+def server_path(label: str, key: str, s: AppSettings | None = None) -> str | None:
+    """A text box for a file on the server, shown only when the app was started with ``--data-root``;
+    the path is confined to it (an error is shown otherwise). None when empty, off or refused."""
+    s = s or settings()
+    if not s.paths_allowed:
+        return None
+    text = st.text_input(f"{label} (under {s.data_root})", key=key)
+    if not text.strip():
+        return None
+    try:
+        return str(confine(text, s))
+    except MedvlpError as e:
+        st.error(str(e))
+        return None
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
@@ -23,20 +64,28 @@ def cached_model(source: str, domain: str) -> Any:
 
 
 def choose_domain_and_model() -> tuple[Any, Any]:
-    """Sidebar: domain, and a model (the demo model, or a run folder / zoo id). Returns (card, model or None)."""
+    """Sidebar: domain, and a model: the demo model, or one of the models the app was started with
+    (``--models``); never a path or hub id typed in the page. Returns (card, model or None)."""
     from medvlp.demos.corpora import DEMOS
     from medvlp.domains import list_domains, load_card
 
+    s = settings()
     domains = list_domains()
     domain = st.sidebar.selectbox("Domain", domains, index=domains.index("pathology") if "pathology" in domains else 0,
                                   key="domain")
     card = load_card(domain)
     st.sidebar.caption(card.title)
-    mode = st.sidebar.radio("Model", ["Demo model", "Run folder or zoo id"], key="model_mode")
+    modes = ["Demo model"] + (["A model this app was started with"] if s.models else [])
+    mode = st.sidebar.radio("Model", modes, key="model_mode")
     if mode == "Demo model":
         demo_domain = domain if domain in DEMOS else "pathology"
         run = sup.find_demo_run(demo_domain)
         if run is None:
+            if not s.allow_training:
+                st.sidebar.info(f"No {demo_domain} demo model yet. Train one with `medvlp pretrain --domain "
+                                f"{demo_domain}` and start the app with `--models RUN_DIR`, or start it with "
+                                "`--allow-training` to train the demo model from this page.")
+                return card, None
             st.sidebar.info(f"No {demo_domain} demo model yet: training it on the synthetic demo corpus takes a few "
                             "minutes on a CPU (it is kept for next time).")
             if st.sidebar.button("Train the demo model", key="train_demo"):
@@ -54,20 +103,14 @@ def choose_domain_and_model() -> tuple[Any, Any]:
             return card, None
         source = str(run)
     else:
-        text = st.sidebar.text_input("Run folder or model id", key="model_source",
-                                     placeholder="runs/pathology-demo or hf-hub:ORG/NAME")
-        try:
-            source = sup.resolve_model_source(text)
-        except MedvlpError as e:
-            st.sidebar.error(str(e))
-            return card, None
+        source = st.sidebar.selectbox("Model", list(s.models), key="model_source")
     try:
         model = cached_model(source, domain)
     except MedvlpError as e:
         st.sidebar.error(f"could not load the model {source}: {e}")
         return card, None
     meta = getattr(model.net, "meta", {}) or {}
-    st.sidebar.caption(f"model: `{source}` ({model.net.spec.name}, objective {meta.get('objective', '?')}, "
+    st.sidebar.caption(f"model: `{Path(source).name}` ({model.net.spec.name}, objective {meta.get('objective', '?')}, "
                        f"concept head: {'yes' if model.net.concept_head is not None else 'no'})")
     return card, model
 
@@ -105,21 +148,25 @@ def read_uploads(files: list[Any], card: Any) -> list[sup.Upload]:
     out: list[sup.Upload] = []
     for f in files:
         data = f.getvalue()
+        uid = sup.upload_id(data)  # file names often hold MRNs or accession numbers: never shown
         try:
             up = sup.read_upload(f.name, data, card=card)
+            for w in up.warnings:
+                st.warning(f"{uid}: {w}")
             if up.kind == "dicom" and up.value_range is not None and up.window is not None:
                 lo, hi = up.value_range
-                with st.expander(f"DICOM window and header: {f.name}"):
+                with st.expander(f"DICOM window and header: {uid}"):
                     span = max(hi - lo, 1.0)
                     c0 = float(min(max(up.window[0], lo), hi))
                     w0 = float(min(max(up.window[1], 1.0), 2 * span))
-                    c = st.slider("Window centre", float(lo), float(hi), c0, key=f"wc_{f.name}")
-                    w = st.slider("Window width", 1.0, float(2 * span), w0, key=f"ww_{f.name}")
+                    c = st.slider("Window centre", float(lo), float(hi), c0, key=f"wc_{uid}")
+                    w = st.slider("Window width", 1.0, float(2 * span), w0, key=f"ww_{uid}")
                     if (c, w) != up.window:
                         up = sup.read_upload(f.name, data, card=card, window=(c, w))
-                    st.caption("Header (non-identifying tags only; patient, study and institution tags are never shown)")
+                    st.caption("Header: technical tags only (medvlp.io.dicom.display_tags); no names, ids, dates "
+                               "or free-text descriptions")
                     st.json(up.metadata, expanded=False)
             out.append(up)
         except MedvlpError as e:
-            st.error(f"{f.name}: {e}")
+            st.error(f"{uid}: {e}")
     return out
