@@ -64,10 +64,10 @@ class Upload:
 
 def _dicom_values(path: Path) -> tuple[np.ndarray, Any]:
     """Modality values (float64, rows x cols) and the dataset; first frame of multi-frame files."""
-    from medvlp.io.dicom import _dcmread, _decode
+    from medvlp.io.dicom import decode_dicom, read_dicom_dataset
 
-    ds = _dcmread(path)
-    arr = _decode(path, ds)
+    ds = read_dicom_dataset(path)
+    arr = decode_dicom(path, ds)
     if arr.ndim == 3 and arr.shape[-1] != 3:
         arr = arr[0]
     from pydicom.pixels import apply_modality_lut
@@ -90,21 +90,21 @@ def dicom_window_defaults(path: str | Path) -> tuple[float, float, float, float]
 
 def read_dicom_windowed(path: str | Path, centre: float, width: float) -> Image.Image:
     """A monochrome DICOM with a linear window (DICOM PS3.3 C.11.2.1.2), high values bright, as RGB."""
-    from medvlp.io.images import _grey_to_rgb
+    from medvlp.io.images import grey_to_rgb
 
     path = Path(path)
     values, ds = _dicom_values(path)
     if values.ndim == 3:  # colour: windowing does not apply
         from medvlp.io.dicom import read_dicom
 
-        return _grey_to_rgb(read_dicom(path))
+        return grey_to_rgb(read_dicom(path))
     w = max(float(width), 1.0)
     out = np.clip((values - (centre - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
     inverse = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1" or \
         str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
     if inverse:
         out = 1.0 - out
-    return _grey_to_rgb(out.astype(np.float32))
+    return grey_to_rgb(out.astype(np.float32))
 
 
 def read_upload(name: str, data: bytes, *, card: Any = None, window: tuple[float, float] | None = None,

@@ -217,9 +217,9 @@ def decode_image(data: bytes, opts: ImageOptions) -> np.ndarray:
     Raises:
         ImageReadError: the bytes are not a decodable image.
     """
-    from medvlp.io.images import _read_pil  # the same Pillow path (alpha, 16-bit, modes) as file reads
+    from medvlp.io.images import read_pil  # the same Pillow path (alpha, 16-bit, modes) as file reads
 
-    img = _read_pil(io.BytesIO(data))  # type: ignore[arg-type]  # Image.open takes a file object too
+    img = read_pil(io.BytesIO(data))  # type: ignore[arg-type]  # Image.open takes a file object too
     if opts.grayscale:
         img = img.convert("L").convert("RGB")
     elif img.mode != "RGB":

@@ -68,7 +68,6 @@ def class_embeddings(model: Any, prompt_sets: list[list[str]]) -> torch.Tensor:
     return cache[key]
 
 
-_class_embeddings = class_embeddings  # the older private name (medvlp.explain.heatmaps)
 
 
 @torch.no_grad()

@@ -25,7 +25,6 @@ from medvlp.domains import DomainCard, load_card
 from medvlp.errors import ConfigError, DataError
 from medvlp.eval.embedding import (  # noqa: F401 - re-exported: the public names stay importable here
     DEFAULT_TEMPLATES,
-    _class_embeddings,
     check_labels,
     class_embeddings,
     default_graph,

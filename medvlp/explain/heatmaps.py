@@ -167,9 +167,9 @@ def heatmaps_from_pixels(net: Any, images: torch.Tensor, names_per_key: Sequence
     else:
         patches = project_patch_tokens(net, tokens).float().cpu()
         if text_embeddings is None:
-            from medvlp.eval.zeroshot import _class_embeddings
+            from medvlp.eval.zeroshot import class_embeddings
 
-            text_embeddings = _class_embeddings(net, [[t.format(n) for n in names for t in templates]
+            text_embeddings = class_embeddings(net, [[t.format(n) for n in names for t in templates]
                                                       for names in names_per_key])
         cos = patches @ text_embeddings.float().T  # (B, N, K)
         if cos.shape[-1] > 1:

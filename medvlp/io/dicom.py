@@ -130,7 +130,12 @@ def is_dicom_file(path: str | Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _dcmread(path: Path, *, stop_before_pixels: bool = False) -> Any:
+def read_dicom_dataset(path: Path, *, stop_before_pixels: bool = False) -> Any:
+    """The pydicom dataset of a Part 10 DICOM file (pixels not decoded).
+
+    Raises:
+        ImageReadError: missing, not DICOM, or damaged (the message says which).
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -181,8 +186,12 @@ def _check_decoder(path: Path, ds: Any) -> None:
         )
 
 
-def _decode(path: Path, ds: Any) -> np.ndarray:
-    """Decode the first frame of the pixel data, warning when there are more."""
+def decode_dicom(path: Path, ds: Any) -> np.ndarray:
+    """Decode the first frame of the pixel data of ``ds`` (read from ``path``), warning when there are more.
+
+    Raises:
+        ImageReadError: no pixel data, a missing decoder (named, with what to install), or damaged data.
+    """
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageReadError(
             path,
@@ -336,7 +345,7 @@ def read_dicom(path: str | Path, voi: str = "auto") -> np.ndarray:
     path = Path(path)
     if voi not in ("auto", "none"):
         raise ConfigError(f"voi must be 'auto' or 'none', not {voi!r} (domain card: image.dicom.voi)")
-    ds = _dcmread(path)
+    ds = read_dicom_dataset(path)
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     if not photometric and any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageReadError(path, "PhotometricInterpretation (0028,0004) is missing")
@@ -346,7 +355,7 @@ def read_dicom(path: str | Path, voi: str = "auto") -> np.ndarray:
             f"photometric interpretation {photometric!r} is not supported; "
             f"supported: {', '.join(_MONO + _COLOUR)}",
         )
-    arr = _decode(path, ds)
+    arr = decode_dicom(path, ds)
     if photometric in _MONO:
         return _grey(path, ds, arr, voi)
     return _colour(path, ds, arr, photometric)
@@ -385,7 +394,7 @@ def dicom_metadata(path: str | Path, include_phi: bool = False) -> dict[str, Any
         ``TransferSyntax`` (its name).
     """
     path = Path(path)
-    ds = _dcmread(path, stop_before_pixels=True)
+    ds = read_dicom_dataset(path, stop_before_pixels=True)
     out: dict[str, Any] = {}
     for keyword in SAFE_TAGS + (PHI_TAGS if include_phi else ()):
         value = ds.get(keyword)
@@ -422,7 +431,7 @@ def display_tags(source: str | Path | Any) -> dict[str, Any]:
         >>> display_tags("chest.dcm")  # doctest: +SKIP
         {'Modality': 'CR', 'PhotometricInterpretation': 'MONOCHROME1', 'Rows': 2140, ..., 'warnings': []}
     """
-    ds = _dcmread(Path(source), stop_before_pixels=True) if isinstance(source, str | Path) else source
+    ds = read_dicom_dataset(Path(source), stop_before_pixels=True) if isinstance(source, str | Path) else source
     out: dict[str, Any] = {}
     for keyword in DISPLAY_TAGS:
         value = ds.get(keyword)

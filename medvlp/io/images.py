@@ -92,7 +92,7 @@ _SUFFIX_FORMAT = {
 }
 
 
-def _grey_to_rgb(arr: np.ndarray) -> Image.Image:
+def grey_to_rgb(arr: np.ndarray) -> Image.Image:
     """float [0, 1] (H, W) or (H, W, 3) -> 8-bit RGB image."""
     u8 = np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
     if u8.ndim == 2:
@@ -132,11 +132,11 @@ def _array_to_rgb(path: Path, arr: np.ndarray) -> Image.Image:
         u8 = arr if arr.ndim == 3 else np.repeat(arr[..., None], 3, axis=2)
         return Image.fromarray(np.ascontiguousarray(u8), mode="RGB")
     if arr.dtype == bool:
-        return _grey_to_rgb(arr.astype(np.float32))
-    return _grey_to_rgb(_scale_to_unit(arr))
+        return grey_to_rgb(arr.astype(np.float32))
+    return grey_to_rgb(_scale_to_unit(arr))
 
 
-def _read_pil(path: Path) -> Image.Image:
+def read_pil(path: Path) -> Image.Image:
     """PNG/JPEG/BMP/GIF/WebP (and simple TIFF) through Pillow, as RGB."""
     try:
         with warnings.catch_warnings():
@@ -291,16 +291,16 @@ def read_image(
         if reader == "dicom" or (reader == "auto" and fmt == "dicom"):
             from medvlp.io.dicom import read_dicom
 
-            return _grey_to_rgb(read_dicom(path, voi=str(opts.get("voi", "auto"))))
+            return grey_to_rgb(read_dicom(path, voi=str(opts.get("voi", "auto"))))
         if fmt == "tiff":
             return _read_tiff_rgb(path, opts)
         if fmt in ("png", "jpeg", "bmp", "gif", "webp"):
-            return _read_pil(path)
+            return read_pil(path)
         hint = _SUFFIX_FORMAT.get(path.suffix.lower())
         if reader == "auto" and hint == "dicom":
             from medvlp.io.dicom import read_dicom
 
-            return _grey_to_rgb(read_dicom(path, voi=str(opts.get("voi", "auto"))))
+            return grey_to_rgb(read_dicom(path, voi=str(opts.get("voi", "auto"))))
         if hint == "wsi":
             raise ImageReadError(
                 path,
@@ -309,7 +309,7 @@ def read_image(
         if path.stat().st_size == 0:
             raise ImageReadError(path, "the file is empty")
         # Unknown magic: let Pillow try (TGA, PPM, ...); it reports what it is not.
-        return _read_pil(path)
+        return read_pil(path)
     except (ImageReadError, ConfigError):
         raise
     except MemoryError:

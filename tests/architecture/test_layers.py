@@ -154,7 +154,6 @@ def test_layers_import_downwards_only():
     assert not cycles, f"package-level import cycles: {cycles}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 open: io's _dcmread/_decode/_grey_to_rgb/_read_pil and eval's _class_embeddings still imported by explain/data")
 def test_no_private_names_imported_across_packages():
     mods = _modules()
     bad = []
