@@ -165,7 +165,6 @@ def test_no_private_names_imported_across_packages():
     assert not bad, "private names imported across packages:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 open: io/wsi.py (884 lines) is not split yet")
 def test_no_module_over_600_lines():
     big = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py")
            if (n := len(p.read_text().splitlines())) > MAX_LINES}

@@ -399,7 +399,7 @@ def test_tile_dataset_opens_each_slide_once_per_worker(
             fh.write(f"{os.getpid()} {Path(path).name}\n")
         return real_open(path, backend)
 
-    monkeypatch.setattr(wsi_mod, "open_slide", counting_open)
+    monkeypatch.setattr(wsi_mod.slide, "open_slide", counting_open)  # where get_slide looks it up
     clear_slide_cache()
     result = tile_coords(real_open(painted), target_mpp=0.5, size=32, tissue_fraction=0.0)
     ds = TileDataset([(painted, result)])
