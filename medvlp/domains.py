@@ -22,8 +22,6 @@ from typing import Any
 from medvlp.errors import ConfigError
 from medvlp.resources import domains_dir
 
-_READERS = ("auto", "image", "dicom", "wsi", "multichannel")
-
 
 @dataclass(frozen=True)
 class Label:
@@ -182,8 +180,11 @@ def parse_card(path: Path) -> DomainCard:
         raise ConfigError(f"{w}: name '{name}' must equal the file name '{path.stem}'")
     img_raw = raw.get("image", {})
     reader = img_raw.get("reader", "auto")
-    if reader not in _READERS:
-        raise ConfigError(f"{w}: [image].reader '{reader}' must be one of {_READERS}")
+    from medvlp.io import reader_names  # the registry (built-ins and any registered reader)
+
+    if reader not in reader_names():
+        raise ConfigError(f"{w}: [image].reader '{reader}' must be one of {', '.join(reader_names())} "
+                          "(a new modality registers its reader with medvlp.io.register_reader)")
     image = ImageSpec(
         reader=reader,
         size=int(img_raw.get("size", 224)),

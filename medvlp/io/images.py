@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from medvlp.errors import ConfigError, ImageReadError
+from medvlp.io.readers import find_reader, get_reader, reader_names, register_reader
 
-READERS = ("auto", "image", "dicom", "multichannel", "wsi")
 MAX_PIXELS = 1 << 28  # plain images larger than this are whole slides: tile them instead
 
 _TILE_REF = re.compile(r"^(?P<path>.+)#(?P<x>-?\d+),(?P<y>-?\d+),(?P<level>\d+),(?P<size>\d+)$")
@@ -262,8 +262,9 @@ def read_image(
     Args:
         source: a PNG/JPEG/BMP/TIFF/DICOM path; ``SLIDE_PATH#x,y,level,size`` for a whole-slide tile;
             for the multichannel reader, a stack file or per-channel files joined by ``;``.
-        reader: ``"auto"`` (sniff magic bytes, then suffix), ``"image"``, ``"dicom"``, ``"multichannel"``
-            or ``"wsi"``.
+        reader: ``"auto"`` (the first registered reader whose sniff accepts the source: magic bytes, then
+            suffix) or a registered name (:func:`medvlp.io.readers.reader_names`): ``"image"``, ``"dicom"``,
+            ``"multichannel"``, ``"wsi"`` and any added with :func:`medvlp.io.readers.register_reader`.
         options: the card's reader settings: ``{"voi": "auto" | "none"}`` for DICOM, ``{"channels":
             [{"name": "DAPI", "color": "blue", "low_percentile": 1, "high_percentile": 99.8}, ...]}``
             for microscopy.
@@ -272,50 +273,77 @@ def read_image(
         ImageReadError: the file is missing, damaged or of an unsupported kind (the reason says which).
         ConfigError: an unknown reader or an invalid card option.
     """
-    if reader not in READERS:
-        raise ConfigError(f"unknown reader {reader!r}; use one of {', '.join(READERS)}")
     opts: Mapping[str, Any] = options or {}
     text = str(source)
-    ref = parse_tile_ref(text)
+    chosen = get_reader(reader) if reader != "auto" else (find_reader(text) or get_reader("image"))
     try:
-        if ref is not None and (reader in ("auto", "wsi")) and not Path(text).exists():
-            return _read_tile(ref)
-        if reader == "wsi":
-            raise ImageReadError(text, "the wsi reader needs a tile reference SLIDE_PATH#x,y,level,size")
-        if reader == "multichannel":
-            return _read_multichannel(text, opts)
-        path = Path(text)
-        if not path.is_file():
-            raise ImageReadError(path, "file not found" if not path.exists() else "not a regular file")
-        fmt = sniff_format(path)
-        if reader == "dicom" or (reader == "auto" and fmt == "dicom"):
-            from medvlp.io.dicom import read_dicom
-
-            return grey_to_rgb(read_dicom(path, voi=str(opts.get("voi", "auto"))))
-        if fmt == "tiff":
-            return _read_tiff_rgb(path, opts)
-        if fmt in ("png", "jpeg", "bmp", "gif", "webp"):
-            return read_pil(path)
-        hint = _SUFFIX_FORMAT.get(path.suffix.lower())
-        if reader == "auto" and hint == "dicom":
-            from medvlp.io.dicom import read_dicom
-
-            return grey_to_rgb(read_dicom(path, voi=str(opts.get("voi", "auto"))))
-        if hint == "wsi":
-            raise ImageReadError(
-                path,
-                "a whole-slide image cannot be read whole; tile it and use SLIDE#x,y,level,size references",
-            )
-        if path.stat().st_size == 0:
-            raise ImageReadError(path, "the file is empty")
-        # Unknown magic: let Pillow try (TGA, PPM, ...); it reports what it is not.
-        return read_pil(path)
+        img = chosen.read(text, opts)
     except (ImageReadError, ConfigError):
         raise
     except MemoryError:
         raise ImageReadError(text, "not enough memory to decode this image") from None
     except Exception as exc:  # noqa: BLE001 - the contract: readers fail with ImageReadError only
         raise ImageReadError(text, f"unreadable ({_short(exc)})") from None
+    if not isinstance(img, Image.Image):
+        raise ImageReadError(text, f"reader {chosen.name!r} returned {type(img).__name__}, not an image")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+# --- the built-in readers --------------------------------------------------------------------------
+def _read_wsi(text: str, opts: Mapping[str, Any]) -> Image.Image:
+    ref = parse_tile_ref(text)
+    if ref is None:
+        raise ImageReadError(text, "the wsi reader needs a tile reference SLIDE_PATH#x,y,level,size")
+    return _read_tile(ref)
+
+
+def _sniff_wsi(text: str) -> bool:
+    return parse_tile_ref(text) is not None and not Path(text).exists()
+
+
+def _read_dicom_rgb(text: str, opts: Mapping[str, Any]) -> Image.Image:
+    from medvlp.io.dicom import read_dicom
+
+    return grey_to_rgb(read_dicom(Path(text), voi=str(opts.get("voi", "auto"))))
+
+
+def _sniff_dicom(text: str) -> bool:
+    path = Path(text)
+    if not path.is_file():
+        return False
+    return sniff_format(path) == "dicom" or (
+        sniff_format(path) is None and _SUFFIX_FORMAT.get(path.suffix.lower()) == "dicom")
+
+
+def _read_plain(text: str, opts: Mapping[str, Any]) -> Image.Image:
+    """PNG/JPEG/BMP/GIF/WebP/TIFF files (and whatever else Pillow reads); clear errors for the rest."""
+    path = Path(text)
+    if not path.is_file():
+        raise ImageReadError(path, "file not found" if not path.exists() else "not a regular file")
+    fmt = sniff_format(path)
+    if fmt == "tiff":
+        return _read_tiff_rgb(path, opts)
+    if fmt in ("png", "jpeg", "bmp", "gif", "webp"):
+        return read_pil(path)
+    if _SUFFIX_FORMAT.get(path.suffix.lower()) == "wsi":
+        raise ImageReadError(
+            path, "a whole-slide image cannot be read whole; tile it and use SLIDE#x,y,level,size references")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "the file is empty")
+    # Unknown magic: let Pillow try (TGA, PPM, ...); it reports what it is not.
+    return read_pil(path)
+
+
+register_reader("wsi", _sniff_wsi, _read_wsi, builtin=True,
+                description="whole-slide tile references SLIDE#x,y,level,size (openslide / tiffslide)")
+register_reader("dicom", _sniff_dicom, _read_dicom_rgb, builtin=True,
+                description="DICOM (modality LUT, VOI LUT or window, MONOCHROME1 inversion)")
+register_reader("multichannel", lambda text: False, lambda text, opts: _read_multichannel(text, opts),
+                builtin=True, description="multichannel microscopy stacks, channels coloured by the card")
+register_reader("image", lambda text: True, _read_plain, builtin=True,
+                description="PNG, JPEG, BMP, TIFF and what Pillow reads (the fallback of auto)")
+# Kept importable: the names the readers registered above, in auto's order.
+READERS = tuple(reader_names())
 
 
 def read_image_array(
