@@ -9,8 +9,6 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2] / "medvlp"
 MAX_LINES = 600
 
