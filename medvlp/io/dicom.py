@@ -192,22 +192,70 @@ def decode_dicom(path: Path, ds: Any) -> np.ndarray:
     Raises:
         ImageReadError: no pixel data, a missing decoder (named, with what to install), or damaged data.
     """
+    syntax = _syntax_name(ds)
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if _has_pixel_tag(path):
+            raise ImageReadError(
+                path, f"the pixel data (7FE0,0010) is truncated: the file ends inside it ({syntax}); "
+                "the file was cut short in a copy or transfer, fetch it again")
         raise ImageReadError(
             path,
             "has no pixel data (tag 7FE0,0010); it is probably a report, presentation state or "
             "other non-image object",
         )
+    _check_bomb(path, ds)
     _check_decoder(path, ds)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _int_tag(ds, "NumberOfFrames", 1)
     if frames > 1:
         warnings.warn(f"{path}: {frames} frames; using the first frame only", stacklevel=3)
     try:
         ds.pixel_array_options(index=0 if frames > 1 else None)
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoders raise arbitrary types on damaged data
-        raise ImageReadError(path, f"pixel data cannot be decoded ({_short(exc)})") from None
+        kind = "compressed " if _is_compressed(ds) else ""
+        raise ImageReadError(path, f"the {kind}pixel data ({syntax}) is truncated or damaged and cannot be "
+                                   f"decoded ({_short(exc)})") from None
     return np.asarray(arr)
+
+
+MAX_DICOM_PIXELS = 1 << 28  # rows x columns x frames x samples above this is refused (decompression bomb)
+
+
+def _int_tag(ds: Any, keyword: str, default: int) -> int:
+    try:
+        return int(ds.get(keyword, default) or default)
+    except (TypeError, ValueError):
+        return default
+
+
+def _syntax_name(ds: Any) -> str:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return f"transfer syntax {getattr(ts, 'name', ts)}" if ts is not None else "no transfer syntax in the file"
+
+
+def _is_compressed(ds: Any) -> bool:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return bool(getattr(ts, "is_compressed", False))
+
+
+def _has_pixel_tag(path: Path) -> bool:
+    """Whether the raw file holds the Pixel Data tag (explicit or implicit little endian) at all."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return b"\xe0\x7f\x10\x00" in data
+
+
+def _check_bomb(path: Path, ds: Any) -> None:
+    rows, cols = _int_tag(ds, "Rows", 0), _int_tag(ds, "Columns", 0)
+    frames, samples = _int_tag(ds, "NumberOfFrames", 1), _int_tag(ds, "SamplesPerPixel", 1)
+    n = rows * cols * max(frames, 1) * max(samples, 1)
+    if n > MAX_DICOM_PIXELS:
+        raise ImageReadError(
+            path, f"decompression bomb: {cols} x {rows} pixels x {frames} frame(s) x {samples} sample(s) = {n:,} "
+            f"values exceeds the limit {MAX_DICOM_PIXELS:,}; if the file is trusted, raise "
+            "medvlp.io.dicom.MAX_DICOM_PIXELS (or tile it as a whole-slide image)")
 
 
 def _window(arr: np.ndarray, ds: Any, path: Path) -> np.ndarray:

@@ -163,14 +163,31 @@ def read_pil(path: Path) -> Image.Image:
                 return _array_to_rgb(path, np.asarray(im))
     except ImageReadError:
         raise
-    except Image.DecompressionBombWarning as exc:
-        raise ImageReadError(path, f"too many pixels ({exc}); tile it with medvlp wsi tile") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ImageReadError(path, _bomb_message(path)) from None
     except Image.UnidentifiedImageError:
         raise ImageReadError(
             path, "not an image format Pillow recognises (PNG, JPEG, BMP, TIFF, ...)"
         ) from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError/ValueError/SyntaxError/... on damaged data
         raise ImageReadError(path, f"damaged or truncated image ({_short(exc)})") from None
+
+
+def _bomb_message(path: Path) -> str:
+    size = ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as im:  # the header only: no pixels are decoded
+                    size = f"{im.width} x {im.height} = {im.width * im.height:,} pixels "
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except Exception:  # noqa: BLE001 - the size is a courtesy; the verdict stands without it
+        pass
+    return (f"decompression bomb: {size}exceeds Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels; if the file "
+            "is trusted and really one image, tile it (medvlp wsi tile) or raise PIL.Image.MAX_IMAGE_PIXELS")
 
 
 def _short(exc: BaseException) -> str:
