@@ -303,6 +303,8 @@ def read_image(
         raise ImageReadError(text, f"unreadable ({_short(exc)})") from None
     if not isinstance(img, Image.Image):
         raise ImageReadError(text, f"reader {chosen.name!r} returned {type(img).__name__}, not an image")
+    if img.width == 0 or img.height == 0:
+        raise ImageReadError(text, f"the image has no pixels ({img.width} x {img.height}); the file is damaged")
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
