@@ -26,7 +26,7 @@ from medvlp.io.wsi.coords import read_coords_h5, write_tiles_h5
 from medvlp.io.wsi.dataset import TileDataset
 from medvlp.io.wsi.mpp import MPP_MAX, MPP_MIN, load_mpp_table, lookup_mpp, resolve_mpp
 from medvlp.io.wsi.slide import CACHE_SIZE, Slide, clear_slide_cache, get_slide, open_slide
-from medvlp.io.wsi.tiling import TilingResult, draw_tiles, read_tile, tile_coords
+from medvlp.io.wsi.tiling import TilingResult, draw_tiles, read_tile, read_tiles, tile_coords
 from medvlp.io.wsi.tissue import otsu_threshold, saturation, tissue_mask
 
 __all__: Sequence[str] = (
@@ -45,6 +45,7 @@ __all__: Sequence[str] = (
     "otsu_threshold",
     "read_coords_h5",
     "read_tile",
+    "read_tiles",
     "resolve_mpp",
     "saturation",
     "tile_coords",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,13 +152,56 @@ def tile_coords(
     )
 
 
-def read_tile(slide: Slide, x: int, y: int, result: TilingResult) -> Image.Image:
-    """Read one tile of a tiling: ``read_size`` px at ``read_level``, resized to ``patch_size``."""
+_FAST: dict[str, Any] = {}  # slide path -> JpegTileReader or None, per process
+
+
+def _fast_reader(slide: Slide) -> Any:
+    if os.environ.get("MEDVLP_WSI_FAST", "1") == "0":
+        return None
+    key = str(slide.path)
+    if key not in _FAST:
+        from medvlp.io.wsi.jpegtiles import jpeg_reader_for
+
+        _FAST[key] = jpeg_reader_for(slide.path, slide.level_dimensions)
+    return _FAST[key]
+
+
+def read_tile(slide: Slide, x: int, y: int, result: TilingResult, *, fast: bool = True) -> Image.Image:
+    """Read one tile of a tiling: ``read_size`` px at ``read_level``, resized to ``patch_size``.
+
+    With ``fast`` (default) a tile of a JPEG-tiled TIFF that maps onto whole stored tiles is decoded straight
+    from the file at reduced size (:mod:`medvlp.io.wsi.jpegtiles`); otherwise, or where that does not apply,
+    openslide reads the region and it is resized (``MEDVLP_WSI_FAST=0`` turns the fast path off).
+    """
+    if fast:
+        reader = _fast_reader(slide)
+        if reader is not None:
+            ds = float(slide.level_downsamples[result.read_level])
+            lx, ly = x / ds, y / ds
+            if abs(lx - round(lx)) < 1e-6 and abs(ly - round(ly)) < 1e-6:
+                img = reader.read(result.read_level, int(round(lx)), int(round(ly)), result.read_size,
+                                  result.patch_size)
+                if img is not None:
+                    return img
     arr = slide.read_region(x, y, result.read_level, result.read_size)
     img = Image.fromarray(arr)
     if result.read_size != result.patch_size:
         img = img.resize((result.patch_size, result.patch_size), Image.Resampling.BILINEAR)
     return img
+
+
+def read_tiles(slide: Slide, result: TilingResult, coords: Any = None, *, workers: int | None = None,
+               fast: bool = True) -> list[Image.Image]:
+    """Every tile of ``result`` (or of ``coords``), read on ``workers`` threads (default: the CPUs this process
+    may use); the JPEG decodes and openslide's reads release the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pts = [tuple(int(v) for v in c) for c in (result.coords if coords is None else coords)]
+    n = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if n <= 1 or len(pts) < 2:
+        return [read_tile(slide, x, y, result, fast=fast) for x, y in pts]
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(lambda p: read_tile(slide, p[0], p[1], result, fast=fast), pts))
 
 
 def draw_tiles(
