@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,24 @@ MODEL_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
 MEDVLP_FILE = "medvlp.json"
 HEADS_FILE = "medvlp_heads.safetensors"
+
+if TYPE_CHECKING:
+
+    class Tower(nn.Module):
+        """An open_clip image or text tower."""
+
+        output_tokens: bool
+
+    class OpenCLIP(nn.Module):
+        """Static type of the open_clip ``CustomTextCLIP`` that :class:`MedVLP` wraps: open_clip ships no
+        type hints, and without these ``Module.__getattr__`` types every attribute ``Tensor | Module``."""
+
+        visual: Tower
+        text: Tower
+        logit_scale: nn.Parameter
+        logit_bias: nn.Parameter | None
+
+        def set_grad_checkpointing(self, enable: bool = True) -> None: ...
 
 
 @dataclass
@@ -194,7 +212,9 @@ class MedVLP(nn.Module):
     ``text_tokens`` for patch-concept objectives and heatmaps.
     """
 
-    def __init__(self, spec: ModelSpec, clip: nn.Module, tokenizer: Tokenizer) -> None:
+    meta: dict[str, Any]  # set by the loaders: what the model was loaded from (medvlp.json's content)
+
+    def __init__(self, spec: ModelSpec, clip: OpenCLIP, tokenizer: Tokenizer) -> None:
         super().__init__()
         self.spec = spec
         self.clip = clip
@@ -402,7 +422,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                          "(re-save or re-download the model)") from None
 
 
-def build_clip(spec: ModelSpec, init_logit_scale: float | None, init_logit_bias: float | None) -> nn.Module:
+def build_clip(spec: ModelSpec, init_logit_scale: float | None, init_logit_bias: float | None) -> OpenCLIP:
     from open_clip.model import CustomTextCLIP
 
     cfg = copy.deepcopy(spec.model_cfg)
@@ -471,5 +491,5 @@ def load_saved(directory: str | Path, device: str | torch.device = "cpu") -> Med
     model = MedVLP(spec, clip, Tokenizer(spec.model_cfg["text_cfg"]))
     if meta.get("concept_head"):
         model.add_concept_head().load_state_dict(read_safetensors(d / HEADS_FILE))
-    model.meta = meta  # type: ignore[assignment]
+    model.meta = meta
     return model.to(device).eval()

@@ -286,7 +286,7 @@ def load_open_clip_dir(d: str | Path, device: str | torch.device = "cpu", name: 
         raise ModelError(f"{d}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     _timm_tokens(clip.visual)
     model = MedVLP(spec, clip, Tokenizer(spec.model_cfg["text_cfg"]))
-    model.meta = {"source": name or str(d)}  # type: ignore[assignment]
+    model.meta = {"source": name or str(d)}
     return model.to(device).eval()
 
 
