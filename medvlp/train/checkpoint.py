@@ -17,7 +17,9 @@ LAST = "last.pt"
 
 
 def rng_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state()  # legacy=True: a tuple (the stubs also allow a dict)
+    assert isinstance(legacy, tuple)
+    name, keys, pos, has_gauss, cached = legacy
     state = {
         "torch": torch.get_rng_state(),
         # numpy's state as plain tensors/numbers so that weights_only loading accepts it

@@ -216,10 +216,10 @@ def _build_dataset(cfg: TrainConfig, train_m: Manifest, model: MedVLP, opts: Ima
 
     if is_shard_pattern(cfg.data):
         # -- streamed shards: an IterableDataset split over ranks and workers (medvlp.data.stream)
-        ds = ShardStream(str(cfg.data), model.tokenizer, opts, seed=cfg.seed, rank=dinfo.rank,
-                         world=dinfo.world, bad_log=log.bad_sample, max_bad_fraction=cfg.max_bad_fraction,
-                         **needs.stream_kwargs())
-        return ds, True, f" ({len(ds.urls)} shard(s), epoch length from {ds.count_source})"
+        stream = ShardStream(str(cfg.data), model.tokenizer, opts, seed=cfg.seed, rank=dinfo.rank,
+                             world=dinfo.world, bad_log=log.bad_sample, max_bad_fraction=cfg.max_bad_fraction,
+                             **needs.stream_kwargs())
+        return stream, True, f" ({len(stream.urls)} shard(s), epoch length from {stream.count_source})"
     ds = ImageTextDataset(train_m, model.tokenizer, opts, seed=cfg.seed, train=True, cache=cfg.cache,
                           bad_log=log.bad_sample, max_bad_fraction=cfg.max_bad_fraction,
                           progress=dinfo.is_main and not quiet, **needs.dataset_kwargs())

@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -76,7 +76,9 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole model's weights on the CPU (a collective: every rank calls it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # full_state_dict=True gathers every value into a plain CPU tensor
+    return cast(dict[str, torch.Tensor],
+                get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
 
 
 def save_sharded(directory: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> Path:
@@ -113,6 +115,6 @@ def load_sharded(directory: Path, ckpt: dict[str, Any], model: nn.Module, opt: t
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     msd, osd = get_state_dict(model, opt)
-    state = {"model": msd, "optimizer": osd}
+    state: dict[str, Any] = {"model": msd, "optimizer": osd}
     dcp.load(state, checkpoint_id=str(directory / ckpt["sharded"]))
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"])

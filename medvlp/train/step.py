@@ -22,12 +22,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from medvlp.data.dataset import Normalizer
+
+if TYPE_CHECKING:
+    from medvlp.models import MedVLP
 
 # Per-sample outputs of the model (cached and concatenated across micro-batches); the other outputs
 # (logit scale/bias) come live from ``logit_terms``.
@@ -129,7 +132,7 @@ def train_step(model: nn.Module, objective: nn.Module, batch: dict, *, normalize
     after = _rng_state(device)
     leaves = {k: torch.cat([c[k] for c in cached]).detach().requires_grad_(True)
               for k in BATCH_KEYS if cached[0].get(k) is not None}
-    inner = getattr(model, "module", model)
+    inner = cast("MedVLP", getattr(model, "module", model))
     out = {k: v for k, v in cached[0].items() if k not in BATCH_KEYS}
     out.update(_floats(inner.logit_terms()))
     out.update(leaves)
