@@ -141,14 +141,15 @@ class Model:
         labels = clf.labels
         probs = {lab: float(v) for lab, v in zip(labels, p, strict=False)}
         top = labels[int(np.argmax(p))]
-        calibrated = bool(self.calibration) and not clf.multilabel
+        cal = self.calibration or {}
+        calibrated = bool(cal) and not clf.multilabel
         coverage = None
         if clf.multilabel:
             pset = [lab for lab in labels if probs[lab] >= 0.5]
-        elif calibrated and self.calibration.get("conformal_threshold") is not None:
-            thr = float(self.calibration["conformal_threshold"])
+        elif calibrated and cal.get("conformal_threshold") is not None:
+            thr = float(cal["conformal_threshold"])
             pset = [lab for lab in labels if 1.0 - probs[lab] <= thr] or [top]
-            coverage = float(self.calibration.get("coverage", 0.9))
+            coverage = float(cal.get("coverage", 0.9))
         else:  # uncalibrated: the smallest set of labels holding 90% of the probability mass
             order = np.argsort(-p)
             mass, pset = 0.0, []
@@ -193,6 +194,7 @@ class Model:
         temperature = float(fit_temperature(logits_k, y_arr))
         probs = torch.softmax(torch.from_numpy(logits_k) / temperature, -1).numpy()
         conf = ConformalPredictor().fit(probs, y_arr, coverage=coverage)
+        assert conf.threshold is not None  # fit sets it
         self.calibration = {"temperature": temperature, "conformal_threshold": float(conf.threshold),
                             "coverage": coverage, "n_cal": len(keep), "labels": labels, "fitted_on": str(manifest),
                             "method": "temperature scaling + split conformal (LAC)"}

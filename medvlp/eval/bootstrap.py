@@ -7,7 +7,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -191,9 +191,9 @@ def bootstrap_ci(
         if len(a) != n:
             raise DataError(f"all arrays must have the same number of rows; got {[len(x) for x in arrays]}")
     unit = unit or ("sample" if groups is None else "group")
-    name = getattr(metric_fn, "__name__", None) or getattr(
+    name = cast(str, getattr(metric_fn, "__name__", None) or getattr(
         getattr(metric_fn, "func", None), "__name__", "metric"
-    )
+    ))
 
     factory, kwargs = getattr(metric_fn, "_kernel", None), {}
     if factory is None and isinstance(metric_fn, functools.partial):

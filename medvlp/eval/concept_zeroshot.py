@@ -121,8 +121,8 @@ class ConceptZeroShot:
         idx = {c: k for k, c in enumerate(self.concepts)}
         n, k = len(self.labels), len(self.concepts)
         self._plus, self._minus = np.zeros((n, k)), np.zeros((n, k))
-        for j, lab in enumerate(self.labels):
-            d = self.definitions[lab]
+        for j, name in enumerate(self.labels):
+            d = self.definitions[name]
             for c in d["present"]:
                 self._plus[j, idx[c]] = 1.0 / len(d["present"])
             for c in d["absent"]:
@@ -135,12 +135,14 @@ class ConceptZeroShot:
     def logit_scale(self) -> float:
         return float(self.model.clip.logit_scale.detach().exp())
 
-    def concept_scores(self, image_features: torch.Tensor, patch_embeddings: torch.Tensor | None = None) -> np.ndarray:
+    def concept_scores(self, image_features: torch.Tensor | None,
+                       patch_embeddings: torch.Tensor | None = None) -> np.ndarray:
         """(N, K) image-concept scores: best patch of the concept head when given, else global cosine."""
         w = self.weights.float()
         if patch_embeddings is not None:
             sim = patch_embeddings.float().cpu() @ w.T  # (N, P, K)
             return sim.max(dim=1).values.numpy().astype(np.float64)
+        assert image_features is not None, "concept scores need image features or patch embeddings"
         return (image_features.float().cpu() @ w.T).numpy().astype(np.float64)
 
     @torch.no_grad()

@@ -43,7 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -257,7 +257,9 @@ def embed_tiles(model: Any, slide_path: str | Path, plan: Any, opts: Any, *, bat
     dev = next(model.parameters()).device
     norm = Normalizer(opts.mean, opts.std).to(dev)
     ds = TileDataset([(str(slide_path), plan)], transform=_TileTransform(int(opts.size)))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # TileDataset follows the map-style Dataset protocol without subclassing torch's Dataset
+    tiles = cast("torch.utils.data.Dataset[dict[str, Any]]", ds)
+    loader = torch.utils.data.DataLoader(tiles, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     it: Any = loader
     if progress:
         from tqdm.auto import tqdm
@@ -512,7 +514,11 @@ def evaluate_slides(results: Sequence[SlideResult], manifest: str | Path | Seque
     index = {lab.lower(): j for j, lab in enumerate(labels)}
     by_path = {str(Path(s).resolve()): lab for s, lab in rows}
     by_name = {Path(s).name: lab for s, lab in rows}
-    y, probs, names, outside, missing = [], [], [], {}, 0
+    y: list[int] = []
+    probs: list[list[float]] = []
+    names: list[str] = []
+    outside: dict[str, int] = {}
+    missing = 0
     for r in results:
         lab = by_path.get(str(Path(r.slide).resolve()), by_name.get(Path(r.slide).name))
         if lab is None:

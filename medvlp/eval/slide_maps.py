@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -45,7 +45,10 @@ def slide_heatmap(thumbnail: Any, coords: np.ndarray, scores: np.ndarray, tile_s
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(xy) != len(s):
         raise DataError(f"slide heatmap: {len(xy)} tile coordinates but {len(s)} scores")
-    dx, dy = (float(downsample), float(downsample)) if np.isscalar(downsample) else map(float, downsample)
+    if np.isscalar(downsample):  # numpy scalars too, which isinstance(float) would not narrow
+        dx = dy = float(cast(float, downsample))
+    else:
+        dx, dy = map(float, cast(tuple[float, float], downsample))
     total = np.zeros((h, w), dtype=np.float64)
     count = np.zeros((h, w), dtype=np.float64)
     for (x, y), v in zip(xy, s, strict=True):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from medvlp.eval.embedding import (  # noqa: F401 - re-exported: the public name
     embed_dataset,
     embed_texts,
 )
+
+if TYPE_CHECKING:
+    from medvlp.eval.concept_zeroshot import ConceptZeroShot
 
 
 def build_prompts(
@@ -118,7 +121,8 @@ class ZeroShotClassifier:
                 pairs = self.card.prompts.pairs if self.card else (("{}", "no {}"),)
             pos, neg = [], []
             for lab in self.labels:
-                names = self.card.find_label(lab).names if (self.card and self.card.find_label(lab)) else [lab]
+                found = self.card.find_label(lab) if self.card else None
+                names = found.names if found else [lab]
                 pos.append([p.format(n) for n in names for p, _ in pairs])
                 neg.append([q.format(n) for n in names for _, q in pairs])
             self.pos_weights = class_embeddings(model, pos)
@@ -274,15 +278,17 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     if len(ds.bad) == len(manifest):
         raise DataError(f"{manifest.path}: no readable image")
     feats = embed_dataset(model, ds, batch_size=batch_size, progress=progress)
-    clf = ZeroShotClassifier(model, labels, card=card, multilabel=multilabel)
+    clf: ZeroShotClassifier | ConceptZeroShot = ZeroShotClassifier(model, labels, card=card, multilabel=multilabel)
     probs = clf.predict_proba(feats)
-    cprobs = None
+    cprobs: np.ndarray | None = None
     if cclf is not None:  # the concept head's best patch when the model has one, else global similarities
         head_scores = cclf.head_concept_scores(ds, batch_size=batch_size)
         cprobs = cclf.predict_proba(feats, concept_scores=head_scores)
     if mode == "concepts":
+        assert cclf is not None and cprobs is not None  # built above for every mode but prompts
         clf, probs = cclf, cprobs
-    keep, y = [], []
+    keep: list[int] = []
+    y: list[np.ndarray | int] = []  # label vectors (multi-label) or class indices
     outside: dict[str, int] = {}
     for k in range(len(ds)):
         row_labels = manifest.labels(ds.row_of(k))
@@ -322,13 +328,14 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     report["n_rows"] = len(manifest)
     if ds.bad:
         report["unreadable_first"] = {"row": ds.bad[0]["row"], "reason": ds.bad[0]["reason"]}
-    report["prompts_per_label"] = {lab: len(clf.prompts[lab]) for lab in labels} if mode != "concepts" else \
-        {lab: sum(len(clf.prompts[c]) for c in d["present"] + d["absent"]) for lab, d in clf.definitions.items()}
+    report["prompts_per_label"] = {lab: len(clf.prompts[lab]) for lab in labels} if cclf is None or mode != "concepts" else \
+        {lab: sum(len(cclf.prompts[c]) for c in d["present"] + d["absent"]) for lab, d in cclf.definitions.items()}
     report["unknown_labels"] = clf.unknown_labels
     report["mode"] = mode
     if cclf is not None:
         report["concepts_per_label"] = cclf.definitions
     if mode == "both":
+        assert cprobs is not None
         c_rep = classification_report(y_arr, cprobs[keep], labels, groups=groups, n_boot=n_boot,
                                       seed=seed)
         report["by_mode"] = {"prompts": {k: v for k, v in report.items() if k != "concepts_per_label"},
@@ -348,7 +355,7 @@ def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labe
     return report
 
 
-def _overlap_fields(clf: ZeroShotClassifier, record: Any) -> dict[str, Any]:
+def _overlap_fields(clf: ZeroShotClassifier | ConceptZeroShot, record: Any) -> dict[str, Any]:
     """``prompt_overlap`` (+ a note, or the overlapping prompts) of a classifier against a caption record."""
     from medvlp.eval.hygiene import overlapping_prompts, prompt_overlap, read_caption_record
 
