@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from PIL import Image
 
 from medvlp.domains import DomainCard, load_card
 from medvlp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medvlp.models import MedVLP
 
 
 @dataclass
@@ -35,7 +38,7 @@ class DiagnosisResult:
     multilabel: bool = False
     coverage: float | None = None  # the conformal coverage target, when calibrated
     unknown_labels: list[str] = field(default_factory=list)  # labels with no concept (raw text used)
-    _model: Any = field(default=None, repr=False, compare=False)
+    _model: Model | None = field(default=None, repr=False, compare=False)
     _pixels: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,7 +57,7 @@ class DiagnosisResult:
 class Model:
     """A loaded model with its domain card, preprocessing and (optional) calibration."""
 
-    def __init__(self, net: Any, *, domain: str | DomainCard | None = None, source: str = "") -> None:
+    def __init__(self, net: MedVLP, *, domain: str | DomainCard | None = None, source: str = "") -> None:
         self.net = net.eval()
         meta = getattr(net, "meta", {}) or {}
         dom = domain or meta.get("domain") or "pathology"

@@ -19,13 +19,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from medvlp.domains import DomainCard, load_card
 from medvlp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medvlp.models import MedVLP
 
 __all__ = ["ABSENCE_PREFIXES", "PRESENCE_TYPES", "ConceptZeroShot", "defining_concepts"]
 
@@ -80,7 +83,7 @@ class ConceptZeroShot:
             with what to do).
     """
 
-    def __init__(self, model: Any, labels: Sequence[str], *, card: DomainCard | str | None = None,
+    def __init__(self, model: MedVLP, labels: Sequence[str], *, card: DomainCard | str | None = None,
                  graph: Any = None, include_parents: bool = False, templates: Sequence[str] | None = None) -> None:
         from medvlp.eval.embedding import DEFAULT_TEMPLATES, check_labels, class_embeddings, default_graph
         from medvlp.ontology.prompts import expand_prompts, resolve_label

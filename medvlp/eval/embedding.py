@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from medvlp.domains import DomainCard
 from medvlp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medvlp.models import MedVLP
 
 DEFAULT_TEMPLATES = ("a photo of {}.", "an image of {}.", "{}.")
 
@@ -43,7 +46,7 @@ def default_graph(card: DomainCard | None) -> Any:
 
 
 @torch.no_grad()
-def embed_texts(model: Any, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+def embed_texts(model: MedVLP, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """Unit text embeddings (N, D) in float32 on the CPU."""
     dev = next(model.parameters()).device
     out = []
@@ -53,7 +56,7 @@ def embed_texts(model: Any, texts: Sequence[str], batch_size: int = 256) -> torc
     return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
 
 
-def class_embeddings(model: Any, prompt_sets: list[list[str]]) -> torch.Tensor:
+def class_embeddings(model: MedVLP, prompt_sets: list[list[str]]) -> torch.Tensor:
     """Mean of unit prompt embeddings per class, renormalised; cached on the model per prompt set."""
     cache: dict[str, torch.Tensor] = model.__dict__.setdefault("_medvlp_text_cache", {})
     key = hashlib.sha256(repr(prompt_sets).encode()).hexdigest()
@@ -71,7 +74,7 @@ def class_embeddings(model: Any, prompt_sets: list[list[str]]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_dataset(model: Any, ds: Any, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+def embed_dataset(model: MedVLP, ds: Any, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
     """Unit image embeddings of every item of an :class:`ImageTextDataset` (N, D), float32 CPU.
 
     Items whose image fails to decode only now (the dataset was not decoded up front, e.g. too large for

@@ -14,12 +14,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medvlp.errors import ConfigError, DataError
 from medvlp.eval.checks import finite_matrix
+
+if TYPE_CHECKING:
+    from medvlp.models import MedVLP
 
 __all__ = ["DEFAULT_THRESHOLD", "embedding_near_duplicates", "manifest_near_duplicates"]
 
@@ -65,7 +68,7 @@ def embedding_near_duplicates(train_features: Any, eval_features: Any, *, thresh
             "truncated": len(pairs) > max_pairs}
 
 
-def manifest_near_duplicates(model: Any, train_manifest: Any, eval_features: Any, *, card: Any,
+def manifest_near_duplicates(model: MedVLP, train_manifest: Any, eval_features: Any, *, card: Any,
                              threshold: float = DEFAULT_THRESHOLD, batch_size: int = 256,
                              progress: bool = False) -> dict[str, Any]:
     """:func:`embedding_near_duplicates` of a training manifest's images (embedded with ``model``)

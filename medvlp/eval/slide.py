@@ -43,13 +43,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
 from medvlp.domains import DomainCard, load_card
 from medvlp.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from medvlp.models import MedVLP
 
 AGGREGATES = ("topk_mean", "topk_sum", "fraction")
 EMBED_GROUP = "embeddings"
@@ -151,7 +154,7 @@ def neighbour_smooth(coords: np.ndarray, values: np.ndarray, step: float) -> np.
 # ---------------------------------------------------------------------------------------------------
 
 
-def weights_fingerprint(model: Any) -> str:
+def weights_fingerprint(model: MedVLP) -> str:
     """Short hash of a model's weights: every tensor's name, shape and its first and last 64 values.
 
     Hashing every byte of a ViT-B costs seconds per run; training changes every tensor's leading and
@@ -166,7 +169,7 @@ def weights_fingerprint(model: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_identity(model: Any, opts: Any, plan: Any) -> tuple[str, dict[str, Any]]:
+def cache_identity(model: MedVLP, opts: Any, plan: Any) -> tuple[str, dict[str, Any]]:
     """(key, description) of tile embeddings: model identity + preprocessing + tile plan."""
     info = {
         "format": CACHE_FORMAT,
@@ -248,7 +251,7 @@ class _TileTransform:
 
 
 @torch.no_grad()
-def embed_tiles(model: Any, slide_path: str | Path, plan: Any, opts: Any, *, batch_size: int = 64,
+def embed_tiles(model: MedVLP, slide_path: str | Path, plan: Any, opts: Any, *, batch_size: int = 64,
                 num_workers: int = 0, progress: bool = False) -> np.ndarray:
     """Unit embeddings (N, D) of a slide's tiles, read through :class:`medvlp.io.wsi.TileDataset`."""
     from medvlp.data.dataset import Normalizer

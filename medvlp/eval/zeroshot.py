@@ -34,6 +34,7 @@ from medvlp.eval.embedding import (  # noqa: F401 - re-exported: the public name
 
 if TYPE_CHECKING:
     from medvlp.eval.concept_zeroshot import ConceptZeroShot
+    from medvlp.models import MedVLP
 
 
 def build_prompts(
@@ -93,7 +94,7 @@ class ZeroShotClassifier:
         temperature: divide logits by this (from calibration); 1.0 = uncalibrated.
     """
 
-    def __init__(self, model: Any, labels: Sequence[str], *, card: DomainCard | str | None = None,
+    def __init__(self, model: MedVLP, labels: Sequence[str], *, card: DomainCard | str | None = None,
                  multilabel: bool = False, graph: Any = "card", templates: Sequence[str] | None = None,
                  pairs: Sequence[tuple[str, str]] | None = None, temperature: float = 1.0) -> None:
         self.model = model
@@ -155,7 +156,7 @@ class ZeroShotClassifier:
 SPREAD_METRICS = ("accuracy", "balanced_accuracy", "auroc", "f1_macro")  # the headline metrics of a prompt set
 
 
-def prompt_spread(model: Any, image_features: torch.Tensor, y: np.ndarray, labels: Sequence[str], *,
+def prompt_spread(model: MedVLP, image_features: torch.Tensor, y: np.ndarray, labels: Sequence[str], *,
                   card: DomainCard | None, multilabel: bool = False, n_subsets: int = 10, fraction: float = 0.5,
                   seed: int = 0, metrics: Sequence[str] = SPREAD_METRICS) -> dict[str, Any]:
     """Spread of the headline metrics over random subsets of the prompt templates.
@@ -232,7 +233,7 @@ def format_spread(spread: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_manifest(model: Any, manifest: Any, *, card: DomainCard | str, labels: Sequence[str] | None = None,
+def evaluate_manifest(model: MedVLP, manifest: Any, *, card: DomainCard | str, labels: Sequence[str] | None = None,
                       batch_size: int = 256, n_boot: int = 1000, seed: int = 0, progress: bool = False,
                       bad_log: Any = None, prompt_subsets: int = 10, subset_fraction: float = 0.5,
                       caption_record: Any = None, train_manifest: Any = None,

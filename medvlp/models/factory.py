@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -256,6 +256,15 @@ class MedVLP(nn.Module):
         return self.tokenizer(texts)
 
     # --- encoders ---------------------------------------------------------------------------
+    @overload
+    def encode_image(self, images: torch.Tensor, normalize: bool = True,
+                     return_tokens: Literal[False] = False) -> torch.Tensor: ...
+    @overload
+    def encode_image(self, images: torch.Tensor, normalize: bool = True, *,
+                     return_tokens: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
+    def encode_image(self, images: torch.Tensor, normalize: bool = True,
+                     return_tokens: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
     def encode_image(
         self, images: torch.Tensor, normalize: bool = True, return_tokens: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -264,6 +273,15 @@ class MedVLP(nn.Module):
             pooled = F.normalize(pooled, dim=-1)
         return (pooled, tokens) if return_tokens else pooled
 
+    @overload
+    def encode_text(self, texts: torch.Tensor, normalize: bool = True,
+                    return_tokens: Literal[False] = False) -> torch.Tensor: ...
+    @overload
+    def encode_text(self, texts: torch.Tensor, normalize: bool = True, *,
+                    return_tokens: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
+    def encode_text(self, texts: torch.Tensor, normalize: bool = True,
+                    return_tokens: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
     def encode_text(
         self, texts: torch.Tensor, normalize: bool = True, return_tokens: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
