@@ -37,6 +37,7 @@ from medvlp.ontology.graph import Concept, ConceptGraph, dedupe
 if TYPE_CHECKING:
     import torch
     from torch import nn
+    from transformers import PreTrainedModel
 
 __all__ = [
     "ConceptEncoder",
@@ -101,7 +102,7 @@ class ConceptEncoder:
             # AutoTokenizer reads tokenizer.json; building BertTokenizerFast(vocab_file=...) by hand maps
             # every word to [UNK] with transformers 5, which the check below would catch.
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-            self.model: nn.Module = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
+            self.model: PreTrainedModel = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load a text model from {self.model_dir!r}: {e}") from e
         finally:

@@ -110,7 +110,8 @@ def load_umls_rrf(
             cui, tui, sty = f[0], f[1], f[3]
             if cui in names:
                 stys.setdefault(cui, []).append(sty)
-                if allowed is not None and (tui.casefold() in keep_types or sty.casefold() in keep_types):
+                if (allowed is not None and keep_types is not None
+                        and (tui.casefold() in keep_types or sty.casefold() in keep_types)):
                     allowed.add(cui)
     elif keep_types is not None:
         raise OntologyError(f"{meta_dir}: semantic_types given but MRSTY.RRF is missing")
