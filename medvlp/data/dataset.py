@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,10 @@ from PIL import Image
 
 from medvlp.data.manifest import Manifest, check_row
 from medvlp.errors import DataError
+
+if TYPE_CHECKING:
+    from medvlp.domains import DomainCard
+    from medvlp.models import ModelSpec
 
 
 @dataclass
@@ -55,7 +59,7 @@ def to_square(img: Image.Image, size: int, pad: bool) -> Image.Image:
             left, top = (w - s) // 2, (h - s) // 2
             img = img.crop((left, top, left + s, top + s))
     if img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
+        img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return img
 
 
@@ -73,6 +77,9 @@ def load_as_array(source: str, opts: ImageOptions) -> np.ndarray:
 
 class Normalizer(torch.nn.Module):
     """uint8 (B,3,H,W) -> normalised float, run per batch (after transfer to the device)."""
+
+    mean: torch.Tensor  # registered buffers
+    inv_std: torch.Tensor
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
@@ -240,13 +247,15 @@ class ImageTextDataset(torch.utils.data.Dataset):
     def _pretokenize(self) -> None:
         texts = sorted({c for i in self.rows for c in self.m.captions(i)})
         if texts:
-            toks = self.tokenizer(texts)  # type: ignore[misc]
+            assert self.tokenizer is not None  # called only with a tokenizer
+            toks = self.tokenizer(texts)
             self._token_cache = {t: toks[k] for k, t in enumerate(texts)}
 
     def tokens(self, text: str) -> torch.Tensor:
         tok = self._token_cache.get(text)
         if tok is None:
-            tok = self.tokenizer([text])[0]  # type: ignore[misc]
+            assert self.tokenizer is not None  # captions are tokenized only with a tokenizer
+            tok = self.tokenizer([text])[0]
             self._token_cache[text] = tok
         return tok
 
@@ -435,7 +444,7 @@ class StepSampler(torch.utils.data.Sampler):
             yield self.batch_for_step(step)
 
 
-def options_for(spec: Any, card: Any, *, train: bool = True) -> ImageOptions:
+def options_for(spec: ModelSpec, card: DomainCard, *, train: bool = True) -> ImageOptions:
     """Image options for a model spec and a domain card (the same at training and inference)."""
     pre = spec.preprocess_cfg
     return ImageOptions(

@@ -83,7 +83,7 @@ class OverlapReport:
 
 def phash(grey: np.ndarray) -> int:
     """64-bit DCT perceptual hash of a 2-D grey image (any size)."""
-    small = np.asarray(Image.fromarray(np.asarray(grey, np.float32)).resize((32, 32), Image.BILINEAR), np.float64)
+    small = np.asarray(Image.fromarray(np.asarray(grey, np.float32)).resize((32, 32), Image.Resampling.BILINEAR), np.float64)
     block = dctn(small, norm="ortho")[:8, :8].ravel()
     bits = block > np.median(block[1:])
     return int(sum(1 << i for i, b in enumerate(bits) if b))
@@ -167,11 +167,13 @@ def find_overlap(train: Manifest | str | Path, eval: Manifest | str | Path, *, p
     if patients:
         col = next((c for c in PATIENT_COLUMNS if c in tr.columns and c in ev.columns), None)
         if col is not None:
+            tr_vals, ev_vals = tr.column(col), ev.column(col)
+            assert tr_vals is not None and ev_vals is not None  # col is a column of both
             rows: dict[str, list[int]] = defaultdict(list)
-            for i, v in enumerate(tr.column(col)):
+            for i, v in enumerate(tr_vals):
                 if v is not None and str(v).strip():
                     rows[str(v)].append(i)
-            for j, v in enumerate(ev.column(col)):
+            for j, v in enumerate(ev_vals):
                 for i in rows.get(str(v), []) if v is not None else []:
                     report.pairs.append(OverlapPair(i, j, img(tr, i), img(ev, j), "patient", patient=str(v)))
     return report

@@ -206,7 +206,7 @@ def import_folder(
             else [([f], None) for f in files]
         )
         for paths, channel_ids in samples:
-            row = {
+            row: dict[str, Any] = {
                 "image": ";".join(_relpath(f, out.parent) for f in paths),
                 "caption": cap,
                 "label": label,
