@@ -216,15 +216,16 @@ def validate_cmd(
     for b in bad:
         typer.echo(f"{where(b.row)}: {b.image}: {b.reason}")
     unknown = unknown_label_rows(m, card) if card else []
+    card_name = card.name if card else ""  # only printed when there are unknown labels, i.e. with a card
     for row, label in unknown[:_MAX_LISTED]:
-        typer.echo(f"{where(row)}: warning: label '{label}' is not in the '{card.name}' card")
+        typer.echo(f"{where(row)}: warning: label '{label}' is not in the '{card_name}' card")
     if len(unknown) > _MAX_LISTED:
         typer.echo(f"... and {len(unknown) - _MAX_LISTED} more rows with unknown labels")
     unknown_note = ""
     if unknown:
         names = sorted({lab for _, lab in unknown})
         unknown_note = (
-            f"; warning: {len(unknown)} rows carry {len(names)} labels not in the '{card.name}' card "
+            f"; warning: {len(unknown)} rows carry {len(names)} labels not in the '{card_name}' card "
             f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}): add them to the card or fix the manifest"
         )
     if bad:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -199,7 +199,9 @@ def _score_chunk(m: Model, clf: Any, paths: list[str]) -> list[dict]:
     """Read (each image once), embed and score a chunk; unreadable images become ``error`` entries."""
     import torch
 
-    pixels, ok, out = [], [], []
+    pixels: list[torch.Tensor] = []
+    ok: list[str] = []
+    out: list[dict | None] = []  # None: a readable image, scored below
     for path in paths:
         try:
             pixels.append(m.pixels(path))
@@ -219,8 +221,8 @@ def _score_chunk(m: Model, clf: Any, paths: list[str]) -> list[dict]:
         else:
             probs = clf.predict_proba(m.embed_pixels(px))
         scored = iter(m.result(p, px1, pr, clf).to_dict() for p, px1, pr in zip(ok, pixels, probs, strict=True))
-        out = [o if o is not None else next(scored) for o in out]
-    return out
+        return [o if o is not None else next(scored) for o in out]
+    return cast("list[dict]", out)  # no readable image: every entry is an error dict
 
 
 # retrieval and linear-probe live beside the zero-shot commands

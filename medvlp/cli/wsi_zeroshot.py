@@ -27,8 +27,9 @@ def _one_line(err: BaseException) -> str:
 def zeroshot(
     slides: Annotated[list[str] | None, typer.Argument(help="Slide files (SVS, TIFF, NDPI, MRXS, DICOM WSI ...); "
                                                             "optional with --manifest.")] = None,
-    model: Annotated[str, typer.Option(help="Run folder, model folder, local-dir:/hf-hub: id.")] = ...,
-    out: Annotated[str, typer.Option(help="Output folder: slides.json, slides.csv, heatmaps/, tiles/.")] = ...,
+    *,  # keyword-only: the required options need no default after the optional argument
+    model: Annotated[str, typer.Option(help="Run folder, model folder, local-dir:/hf-hub: id.")],
+    out: Annotated[str, typer.Option(help="Output folder: slides.json, slides.csv, heatmaps/, tiles/.")],
     domain: Annotated[str | None, typer.Option(help="Domain card (default: the model's).")] = None,
     labels: Annotated[str | None, typer.Option(help="Comma-separated labels, at least two (default: the "
                                                     "manifest's labels, else the card's label set).")] = None,
