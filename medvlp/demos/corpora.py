@@ -167,7 +167,7 @@ def smooth_noise(
     """Value noise in 0..1: random values on a coarse grid, bilinearly upsampled to (h, w)."""
     cells_x = cells_y if cells_x is None else cells_x
     coarse = rng.random((max(1, cells_y) + 1, max(1, cells_x) + 1)).astype(np.float32)
-    img = Image.fromarray(coarse, mode="F").resize((w, h), Image.BILINEAR)
+    img = Image.fromarray(coarse, mode="F").resize((w, h), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.float32)
 
 
@@ -231,7 +231,7 @@ def coarse_random(rng: np.random.Generator, h: int, w: int, k: float) -> np.ndar
     """Uniform noise drawn on a grid k times coarser, nearest-upsampled: per-pixel speckle at any scale."""
     gh, gw = max(1, int(np.ceil(h / k))), max(1, int(np.ceil(w / k)))
     small = rng.random((gh, gw)).astype(np.float32)
-    return np.asarray(Image.fromarray(small, mode="F").resize((w, h), Image.NEAREST), dtype=np.float32)
+    return np.asarray(Image.fromarray(small, mode="F").resize((w, h), Image.Resampling.NEAREST), dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -381,11 +381,15 @@ def render_pathology_tile(
 ):
     """One image (uint8 HxWx3), its mask (uint8: 1 + class index per pixel) and its two captions."""
     s = size
-    img = classes[primary].render(rng, s, s, s)
+    render = classes[primary].render
+    assert render is not None  # every pathology class renders
+    img = render(rng, s, s, s)
     mask = np.full((s, s), primary + 1, dtype=np.uint8)
     if secondary is not None:
         region = _ellipse(rng, s)
-        other = classes[secondary].render(rng, s, s, s)
+        render = classes[secondary].render
+        assert render is not None
+        other = render(rng, s, s, s)
         img[region] = other[region]
         mask[region] = secondary + 1
     b = classes[secondary] if secondary is not None else None

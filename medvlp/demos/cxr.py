@@ -318,7 +318,7 @@ def write_dicom(
     byte-identical between runs.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     lo, hi = 200.0, 3800.0
     values = np.rint(lo + att * (hi - lo)).astype(np.int32)  # "presentation" values, bright = dense
@@ -335,12 +335,12 @@ def write_dicom(
 
     uid = lambda *parts: generate_uid(entropy_srcs=["medvlp-demo-cxr", str(seed), str(index), *parts])  # noqa: E731
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = (
+    meta.MediaStorageSOPClassUID = UID(
         "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
     )
     meta.MediaStorageSOPInstanceUID = uid("sop")
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = "1.2.826.0.1.3680043.8.498.1"
+    meta.ImplementationClassUID = UID("1.2.826.0.1.3680043.8.498.1")
     meta.ImplementationVersionName = "MEDVLP_DEMO"
     ds = Dataset()
     ds.file_meta = meta
@@ -378,7 +378,8 @@ def generate(out: Path, n_per_class: int, size: int, seed: int, progress: bool) 
     for c, i in demo_jobs(out, len(CLASSES), n_per_class, "cxr", progress):
         rng = np.random.default_rng([seed, 101, c, i])
         att, mask, drawn = render_cxr(rng, size, c)
-        caps, concepts = [], []
+        caps: list[str] = []
+        concepts: list[str] = []
         for _ in range(2):
             text, cids = caption_cxr(rng, c, drawn)
             caps.append(text)

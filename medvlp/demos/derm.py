@@ -152,7 +152,7 @@ def _vessels(rng: np.random.Generator, s: int, inside: np.ndarray, n_trunks: int
     for _ in range(n_trunks):
         k = int(rng.integers(len(ys)))
         branch(float(xs[k]), float(ys[k]), rng.uniform(0, 2 * np.pi), s * rng.uniform(0.12, 0.2), width, 2)
-    small = big.resize((s, s), Image.BILINEAR)
+    small = big.resize((s, s), Image.Resampling.BILINEAR)
     return np.asarray(small, dtype=np.float32) / 255.0 * inside
 
 

@@ -67,7 +67,7 @@ def _cells(rng: np.random.Generator, s: int) -> tuple[np.ndarray, np.ndarray, li
     n = int(rng.integers(2, 5))
     cells = np.zeros((s, s), dtype=np.int32)
     nuclei = np.zeros((s, s), dtype=np.int32)
-    geo = []
+    geo: list[tuple[float, ...]] = []
     for k in range(1, n + 1):
         for _ in range(20):  # avoid heavy overlap between cells
             cy, cx = rng.uniform(0.15 * s, 0.85 * s, 2)
@@ -97,7 +97,7 @@ def render_field(rng: np.random.Generator, s: int, cls: int) -> tuple[np.ndarray
     cyto = (cells > 0) & (nuclei == 0)
     nuc = nuclei > 0
     dapi = nuc * (1.0 + 0.35 * (smooth_noise(rng, s, s, 16) - 0.5))
-    gfp = np.zeros((s, s), dtype=np.float32)
+    gfp: np.ndarray = np.zeros((s, s), dtype=np.float32)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     expr = {k: rng.uniform(0.5, 1.0) for k in range(1, len(geo) + 1)}  # per-cell expression level
     level = np.vectorize(lambda k: expr.get(int(k), 0.0))(cells).astype(np.float32)

@@ -52,7 +52,7 @@ def _layout(rng: np.random.Generator, side: int, n_regions: int, n_classes: int)
     warp = smooth_noise(rng, side, side, 4) - 0.5
     tissue = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 + 0.9 * warp <= 1.0
     # Regions: nearest of n_regions seeds inside the section, with boundaries bent by noise.
-    seeds = []
+    seeds: list[tuple[float, float]] = []
     while len(seeds) < n_regions:
         y, x = rng.uniform(0.08, 0.92, 2)
         if ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 < 0.8:
@@ -86,12 +86,13 @@ def paint_slide(rng: np.random.Generator, labels: np.ndarray, unit: int, factor:
             continue
         ys, xs = np.nonzero(where.any(1))[0], np.nonzero(where.any(0))[0]
         y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+        assert cls.render is not None  # every pathology class renders
         tex = cls.render(rng, int(y1 - y0), int(x1 - x0), unit)
         sub = where[y0:y1, x0:x1]
         img[y0:y1, x0:x1][sub] = tex[sub]
     out = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
     if factor > 1:
-        out = out.resize((w * factor, h * factor), Image.BICUBIC)
+        out = out.resize((w * factor, h * factor), Image.Resampling.BICUBIC)
     return np.asarray(out)
 
 
@@ -183,7 +184,7 @@ def generate(out: Path, n_per_class: int, size: int, seed: int, progress: bool) 
                 mx : mx + int(round(res.patch_size_level0 / factor)),
             ]
             if crop.shape != (size, size):
-                crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.NEAREST))
+                crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.NEAREST))
             frac = np.bincount(crop.ravel(), minlength=len(classes) + 1)[1:] / crop.size
             order = np.argsort(-frac, kind="stable")
             a, b = int(order[0]), int(order[1])
