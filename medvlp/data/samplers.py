@@ -147,7 +147,7 @@ def fit_group_batch(batch: int, n_per_group: int, n_groups: int, world: int = 1)
 class RowValue:
     """``row -> {key: values[row]}``: a per-row dataset field (picklable, unlike a lambda)."""
 
-    def __init__(self, key: str, values: Sequence[Any]) -> None:
+    def __init__(self, key: str, values: Sequence[Any] | torch.Tensor) -> None:
         self.key, self.values = key, values
 
     def __call__(self, row: int) -> dict[str, Any]:

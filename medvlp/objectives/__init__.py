@@ -71,7 +71,7 @@ def _load_optional() -> None:
     _loaded = True
 
 
-def _attr(part: nn.Module, name: str, default: Any) -> Any:
+def _attr(part: object, name: str, default: Any) -> Any:  # a part, or a registered class
     return getattr(part, name, default)
 
 
@@ -177,6 +177,7 @@ class CombinedObjective(nn.Module):
             w = self.weights[name]
             term = w * losses[name]
             total = term if total is None else total + term
+        assert total is not None  # parse_objective gives at least one part
         losses["loss"] = total
         return losses
 

@@ -40,7 +40,7 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from medvlp.data.manifest import Manifest
     from medvlp.domains import DomainCard
     from medvlp.models.spans import TokenSpanMapper
-    from medvlp.ontology import ConceptGraph, ConceptMatcher
+    from medvlp.ontology import ConceptGraph, ConceptMatcher, Mention
 
 __all__ = ["ConceptSpan", "ConceptObjective", "ConceptFn", "concept_loss", "make_concept_fn", "NEGATED_MODES"]
 
@@ -239,7 +239,7 @@ class ConceptObjective(Objective):
         if not hasattr(inner, "project_text_tokens"):
             raise ModelError(f"{type(inner).__name__} has no project_text_tokens; the concept objective needs "
                              "a medvlp model (medvlp.models.create_model)")
-        self._project = inner.project_text_tokens
+        self._project = cast("Callable[[torch.Tensor], torch.Tensor]", inner.project_text_tokens)
         return self
 
     def data_needs(self, manifest: Manifest, card: DomainCard | None, model: nn.Module,
@@ -371,7 +371,7 @@ class ConceptFn:
         else:
             raise DataError(f"{where}: row {row}: concept entry {item!r} is neither a concept id, a [start, end] "
                             "span nor a {\"id\", \"start\", \"end\"} object")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (s, e)):
+        if not (isinstance(s, int) and isinstance(e, int)) or isinstance(s, bool) or isinstance(e, bool):
             raise DataError(f"{where}: row {row}: concept span {item!r} must hold two integers [start, end]")
         if not 0 <= ci < max(len(caps), 1):
             raise DataError(f"{where}: row {row}: concept span {item!r} names caption {ci} but the row has "
@@ -432,7 +432,7 @@ class ConceptFn:
         spans = [e for e in cell if e[0] == "span"]
         if spans:
             caps = self.manifest.captions(row)
-            mentions = None
+            row_mentions: list[Mention] | None = None  # matched on first need
             for _, cid, s, e, neg, ci in spans:
                 ref = caps[ci] if ci < len(caps) else caption
                 if ref != caption:  # another caption of the row was sampled: find the same phrase in it
@@ -442,9 +442,9 @@ class ConceptFn:
                         continue
                     s, e = hit
                 if neg is None or cid is None:  # fill id / negation from an overlapping matcher mention
-                    if mentions is None:
-                        mentions = self.matcher.match(caption)
-                    over = [m for m in mentions if m.start < e and m.end > s]
+                    if row_mentions is None:
+                        row_mentions = self.matcher.match(caption)
+                    over = [m for m in row_mentions if m.start < e and m.end > s]
                     if neg is None:
                         neg = any(m.negated for m in over)
                     if cid is None:
