@@ -300,7 +300,7 @@ def _with_kernel(kernel_factory: Callable) -> Callable:
     """Attach the weighted-kernel factory so :func:`bootstrap_ci` can vectorise the metric."""
 
     def deco(fn: Callable) -> Callable:
-        fn._kernel = kernel_factory  # type: ignore[attr-defined]
+        fn._kernel = kernel_factory  # type: ignore[attr-defined]  # a function attribute; Callable cannot declare it
         return fn
 
     return deco
