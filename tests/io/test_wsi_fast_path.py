@@ -30,8 +30,7 @@ def _aperio(path: Path, side: int = 2048, tile: int = 256) -> Path:
 
 
 def test_fast_path_matches_openslide(tmp_path, monkeypatch):
-    from medvlp.io.wsi import clear_slide_cache, open_slide, read_tile, read_tiles, tile_coords
-    from medvlp.io.wsi import tiling
+    from medvlp.io.wsi import clear_slide_cache, open_slide, read_tile, read_tiles, tile_coords, tiling
 
     slide = open_slide(_aperio(tmp_path / "aperio.tif"))
     assert [round(d) for d in slide.level_downsamples] == [1, 4, 16]
@@ -61,8 +60,7 @@ def test_fast_path_matches_openslide(tmp_path, monkeypatch):
 def test_non_jpeg_slides_use_openslide(tmp_path):
     import tifffile
 
-    from medvlp.io.wsi import open_slide
-    from medvlp.io.wsi import tiling
+    from medvlp.io.wsi import open_slide, tiling
 
     img = np.zeros((512, 512, 3), np.uint8)
     p = tmp_path / "deflate.tif"
