@@ -289,7 +289,7 @@ class ShardCache:
         if dest.is_file() and (size is None or dest.stat().st_size == size):
             self._touch(url, dest)
             return dest
-        raw = dest.with_name(dest.name + ".download")
+        raw = dest.with_name(f".{dest.name}.download-{os.getpid()}")  # processes sharing a cache do not collide
         if is_url(url):
             self.fetcher.get(url, raw)
         else:
