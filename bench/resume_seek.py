@@ -78,8 +78,8 @@ def skip_time(pattern: str, seen: int, batch: int) -> float:
     """The old way: read and decode every earlier sample (in file order here, which only flatters it)."""
     from PIL import Image
 
-    from medvlp.data.stream import decode_image, expand_braces
     from medvlp.data.dataset import ImageOptions
+    from medvlp.data.stream import decode_image, expand_braces
 
     t0 = time.perf_counter()
     todo, n = seen + batch, 0
