@@ -47,8 +47,41 @@ CACHE_ENV = "MEDVLP_SHARD_CACHE"
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # webdataset's key rule: the member path up to the first dot of its file name.
 _MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+_PIPE_NAME_RE = re.compile(r"([^\s/'\"]+\.(?:tar|tar\.gz|tgz))(?=[\s'\"]|$)")
 _RETRY_HTTP = (408, 425, 429, 500, 502, 503, 504)
 _CHUNK = 1 << 20
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand ``{000..012}`` ranges (zero padding kept) and ``{a,b}`` alternatives, as webdataset does.
+
+    ``a::b`` joins several patterns. Raises ConfigError for a range whose ends are not integers.
+    """
+    out: list[str] = []
+    for part in pattern.split("::"):
+        out.extend(_expand_one(part))
+    return out
+
+
+def _expand_one(text: str) -> list[str]:
+    m = re.search(r"\{([^{}]*)\}", text)
+    if m is None:
+        return [text]
+    body, head, tail = m.group(1), text[: m.start()], text[m.end():]
+    if ".." in body and "," not in body:
+        lo, _, hi = body.partition("..")
+        if not (lo.strip().isdigit() and hi.strip().isdigit()):
+            raise ConfigError(f"shard pattern {text!r}: range {{{body}}} must be two integers, e.g. {{000000..000099}}")
+        width = len(lo) if lo.startswith("0") else 0
+        a, b = int(lo), int(hi)
+        step = 1 if b >= a else -1
+        choices = [f"{v:0{width}d}" for v in range(a, b + step, step)]
+    elif "," in body:
+        choices = body.split(",")
+    else:
+        choices = ["{" + body + "}"]  # not a pattern: keep the braces literally
+        return [head + choices[0] + rest for rest in _expand_one(tail)]
+    return [s for c in choices for s in _expand_one(head + c + tail)]
 
 
 def is_url(s: str) -> bool:
@@ -61,8 +94,12 @@ def local_path(s: str) -> Path:
 
 
 def shard_name(url: str) -> str:
-    """The shard's file name (what indexes, checkpoints and bad-sample records call it)."""
-    return url.rstrip("/").rsplit("/", 1)[-1].split()[-1]
+    """The shard's file name (what indexes, checkpoints and bad-sample records call it); for a ``pipe:``
+    command, the last ``*.tar`` (``.tar.gz``, ``.tgz``) it names, else the command itself."""
+    if url.startswith("pipe:"):
+        names = _PIPE_NAME_RE.findall(url)
+        return names[-1] if names else url[len("pipe:"):].strip()
+    return url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def sidecar(url: str) -> str | None:

@@ -63,6 +63,7 @@ from medvlp.data.shardio import (
     Fetcher,
     ShardCache,
     build_index,
+    expand_braces,
     is_url,
     local_path,
     parse_index,
@@ -103,38 +104,6 @@ def is_shard_pattern(s: str | Path | None) -> bool:
     if _URL_RE.match(text) or text.startswith("pipe:"):
         return True
     return Path(text).is_dir() and (Path(text) / INDEX_NAME).is_file()
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """Expand ``{000..012}`` ranges (zero padding kept) and ``{a,b}`` alternatives, as webdataset does.
-
-    ``a::b`` joins several patterns. Raises ConfigError for a range whose ends are not integers.
-    """
-    out: list[str] = []
-    for part in pattern.split("::"):
-        out.extend(_expand_one(part))
-    return out
-
-
-def _expand_one(text: str) -> list[str]:
-    m = re.search(r"\{([^{}]*)\}", text)
-    if m is None:
-        return [text]
-    body, head, tail = m.group(1), text[: m.start()], text[m.end():]
-    if ".." in body and "," not in body:
-        lo, _, hi = body.partition("..")
-        if not (lo.strip().isdigit() and hi.strip().isdigit()):
-            raise ConfigError(f"shard pattern {text!r}: range {{{body}}} must be two integers, e.g. {{000000..000099}}")
-        width = len(lo) if lo.startswith("0") else 0
-        a, b = int(lo), int(hi)
-        step = 1 if b >= a else -1
-        choices = [f"{v:0{width}d}" for v in range(a, b + step, step)]
-    elif "," in body:
-        choices = body.split(",")
-    else:
-        choices = ["{" + body + "}"]  # not a pattern: keep the braces literally
-        return [head + choices[0] + rest for rest in _expand_one(tail)]
-    return [s for c in choices for s in _expand_one(head + c + tail)]
 
 
 def _shard_urls(pattern: str) -> tuple[list[str], Path | str | None]:
@@ -266,6 +235,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self._plans: OrderedDict[int, tuple[list[list[int]], list[int]]] = OrderedDict()
         self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._pending: list[dict[str, Any]] = []  # bad records met in this process, not handed on yet
+        self._scanned = 0  # shards indexed by scanning (no index file)
         self.per_shard, self.count_source = self._counts(index_at)
         self.note_bad(self._pending, bad_log, check=False)  # damaged shards found while counting
         self._pending = []
@@ -298,7 +268,9 @@ class ShardStream(torch.utils.data.IterableDataset):
                         "members, no image decoding) each time a process first reads them; `medvlp data shard` "
                         "writes the index", len(unindexed), len(self.urls), "NNNNNN.tar.idx.json", unindexed[0])
         counts = [len(self._entries(i)) for i in range(len(self.urls))]
-        return counts, "scanned shards" if len(unindexed) == len(self.urls) else "shard indexes"
+        if self._scanned == 0:
+            return counts, "shard indexes"
+        return counts, "scanned shards" if self._scanned == len(self.urls) else f"shard indexes ({self._scanned} scanned)"
 
     def _folder_index(self, where: Path | str | None) -> dict[str, Any] | None:
         try:
@@ -343,6 +315,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             if local.stat().st_size == idx.get("size"):
                 return idx
             log.warning("%s: its index is stale (the shard was rewritten); scanning the shard instead", car)
+        self._scanned += 1
         return build_index(self.cache.path(url), shard_name(url))
 
     def __len__(self) -> int:

@@ -122,3 +122,23 @@ def test_pretrain_streams_http_shards(served: dict, tmp_path: Path) -> None:
     result = pretrain(TrainConfig(domain="pathology", data=served["remote"], steps=2, batch_size=8, eval=False,
                                   workers=0, out=str(tmp_path / "run"), log_every=1, threads=2), quiet=True)
     assert result.steps == 2 and result.info["n_train"] == 36 and math.isfinite(result.info["final_loss"])
+
+
+def test_pipe_shards_and_a_scheme_without_its_package(served: dict, tmp_path: Path) -> None:
+    import shlex
+
+    from medvlp.errors import ConfigError
+
+    local = [Path(served["local"].split("{")[0]) / f"{i:06d}.tar" for i in range(4)]
+    pattern = "::".join(f"pipe:cat {shlex.quote(str(p))}" for p in local)  # no index reachable: scanned
+    piped = ShardStream(pattern, _tok, ImageOptions(size=16), seed=1, shuffle_buffer=20)
+    assert piped.names == [p.name for p in local] and piped.count_source == "scanned shards"
+    plain = ShardStream(served["local"], _tok, ImageOptions(size=16), seed=1, shuffle_buffer=20)
+    assert _steps(piped, 8, 5) == _steps(plain, 8, 5)
+    with pytest.raises(DataError, match=r"shard pipe:cat /nonexistent/000000\.tar: could not be read .*exited with 1"):
+        Fetcher(retries=1, backoff=0.01).get("pipe:cat /nonexistent/000000.tar", tmp_path / "x")
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"s3:// needs fsspec and its s3 package .*s3fs.*pipe:aws s3 cp"):
+            Fetcher(retries=0).get("s3://bucket/shards/000000.tar", tmp_path / "y")
