@@ -384,10 +384,16 @@ def take_bad_rows(ds: Any, batch: dict[str, Any], log_fn: Callable[[dict[str, An
     ``bad_samples.jsonl`` writer), and stop with a DataError, as the up-front check does, when the bad rows
     are now more than ``max_bad_fraction`` of the manifest.
 
-    Datasets without late bad rows (e.g. streamed shards, which skip bad samples themselves) are left alone.
+    Streamed shards (whose workers replace bad samples themselves) get the records through their own
+    ``note_bad``.
     """
     recs = batch.pop("bad_rows", None)
-    if not recs or not isinstance(ds, ImageTextDataset):
+    if not recs:
+        return
+    if not isinstance(ds, ImageTextDataset):
+        note = getattr(ds, "note_bad", None)  # streamed shards: ShardStream.note_bad (same contract)
+        if note is not None:
+            note(recs, log_fn)
         return
     new = False
     for rec in recs:

@@ -13,7 +13,9 @@ zero-padded, so a sample can always be traced back to its row):
   and ``metadata`` every other column (age, sex, Fitzpatrick type, ...).
 
 Shards are named ``000000.tar``, ``000001.tar``, ... and written to a temporary name first, then
-renamed, so a crash never leaves a half-written shard under a final name. ``shards.json`` beside them
+renamed, so a crash never leaves a half-written shard under a final name. Beside each shard,
+``NNNNNN.tar.idx.json`` records every sample's member offsets (see :mod:`medvlp.data.shardio`): a
+resumed stream seeks to its samples instead of reading those before them. ``shards.json`` beside them
 records the brace pattern to hand to ``pretrain --data``, the sample count per shard (webdataset
 needs the epoch length) and what was skipped; skipped rows go to ``bad_samples.jsonl`` with their
 reason. Rows are shuffled by default: importers write class-sorted manifests, and a streaming
@@ -47,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from medvlp.data.manifest import KNOWN_COLUMNS, Manifest, read_manifest
+from medvlp.data.shardio import IDX_SUFFIX, write_index
 from medvlp.errors import ConfigError, DataError, ImageReadError
 
 log = logging.getLogger(__name__)
@@ -360,6 +363,7 @@ def write_shards(
         )
     for p in stale:
         p.unlink()
+        p.with_name(p.name + IDX_SUFFIX).unlink(missing_ok=True)
 
     n = len(m)
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
@@ -384,6 +388,7 @@ def write_shards(
         writer.close()
         final = out / SHARD_NAME.format(len(summary.shards))
         os.replace(tmp, final)
+        write_index(final)  # NNNNNN.tar.idx.json: member offsets, so a stream can seek to any sample
         summary.shards.append(final)
         summary.per_shard.append(count)
         writer, tmp, count = None, None, 0
@@ -437,6 +442,7 @@ def write_shards(
             tmp.unlink()
         for p in summary.shards:
             p.unlink(missing_ok=True)
+            p.with_name(p.name + IDX_SUFFIX).unlink(missing_ok=True)
         raise
     finally:
         if bar is not None:

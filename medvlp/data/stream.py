@@ -1,34 +1,39 @@
-"""Stream WebDataset tar shards (written by ``medvlp data shard``) into training, rank- and worker-aware.
+"""Stream WebDataset tar shards (written by ``medvlp data shard``) into training: elastic and exactly resumable.
 
 ``pretrain --data 'shards/{000000..000099}.tar'`` trains from shards instead of a manifest: local paths,
-a folder holding ``shards.json``, or any URL that webdataset's ``gopen`` understands (``https://``,
-``s3://`` through a ``pipe:`` command, ``pipe:curl ...``); URLs need ``pip install medvlp[shards]``.
+a folder holding ``shards.json``, ``https://`` URLs, ``s3://``/``gs://`` (with fsspec) or ``pipe:CMD``
+(see :mod:`medvlp.data.shardio` for fetching, retries and the local shard cache).
 
 Items are the same as :class:`~medvlp.data.dataset.ImageTextDataset`'s (``index``, uint8 ``image`` at the
 model size after the same square/resize and the same ``augment``, ``text`` tokens, ``caption``, optional
 ``concepts``), so ``collate`` and ``train_step`` work unchanged.
 
-Order. Every (DataLoader worker, rank) pair is a *slot*; there are ``world * workers`` slots. In epoch
-``e`` the shard list is permuted with a generator seeded by ``(seed, e)``; with at least as many shards
-as slots, slot ``s`` reads shards ``s, s + S, s + 2S, ...`` of that order, otherwise every slot reads
-every shard and keeps every ``S``-th sample (more reading, same guarantee). Either way each sample goes to
-exactly one slot per epoch. A shuffle buffer seeded by ``(seed, e, slot)`` mixes samples within a slot,
-and each sample's crop, flip and caption come from a generator seeded by ``(seed, e, key)``. Training
-steps go round-robin over the workers of a rank (step ``j`` is built by slot ``j mod workers``), which is
-the order the DataLoader returns them in.
+Order. The global sample order of epoch ``e`` depends only on the seed, ``e`` and the shard list, never
+on the number of processes or DataLoader workers: the shards are permuted with a generator seeded by
+``(seed, e)``, consecutive shards of that order are grouped until a group holds ``shuffle_buffer``
+samples, and each group's samples are permuted with a generator seeded by ``(seed, e, group)``. Epochs
+follow one another, so the run is one sequence of global positions; step ``s`` takes positions
+``[s * B, (s + 1) * B)`` of it (``B`` the global batch), rank ``r`` of ``W`` takes the contiguous
+``r``-th ``B / W`` of those (as :class:`~medvlp.data.dataset.StepSampler` does for manifests), and a
+rank's DataLoader workers take whole steps in turn. Each sample's crop, flip and caption come from a
+generator seeded by ``(seed, e, position in the epoch)``.
 
-Resume. A run resumed at ``start_step`` skips, in each slot, the samples the steps before it consumed,
-so it sees exactly the batches the uninterrupted run would have seen -- *only* with the same number of
-ranks and DataLoader workers (another layout gives a different, equally valid, order). Skipped samples
-are read and their images decoded (a bad one must not be counted), but not resized or augmented.
+Resume. The checkpoint records the data position (:meth:`ShardStream.position`): samples consumed, the
+shard list's fingerprint and the bad samples found so far. Resuming -- on any number of processes and
+workers, with the same global batch -- computes the positions of the remaining steps directly and reads
+those samples by byte offset from each shard's index (``NNNNNN.tar.idx.json``): nothing before them
+is read or decoded, so a resume costs the same at step 10 and at step 10 million. Shards without an index
+are scanned once (tar headers and ``json`` members only, no image decoding).
+
+Bad samples (an undecodable image, no caption, a missing member, a damaged tar) are replaced by the next
+good sample of the epoch order (deterministically, so every layout fills the batch alike), reported once
+through ``bad_log`` with ``{"row", "image", "reason", "shard", "ref"}``, remembered in the checkpoint (a
+resumed run neither decodes nor counts them again), and more than ``max_bad_fraction`` of the epoch stops
+the run with a :class:`DataError`.
 
 Held-out samples. Samples whose ``json`` says ``split`` is ``val`` or ``test`` are never trained on.
 Zero-shot metrics during ``pretrain`` need a manifest (``--val-data``); streamed shards give none on
 their own, and the run's log says so.
-
-Bad samples (an undecodable image, no caption, a missing member, a damaged tar) are skipped, reported once
-(in epoch 0) through ``bad_log`` with ``{"row", "image", "reason", "shard"}``, and more than
-``max_bad_fraction`` of a slot's samples in an epoch stops the run with a :class:`DataError`.
 
 Example:
     >>> stream = ShardStream("shards/{000000..000003}.tar", tokenizer, opts, seed=0)  # doctest: +SKIP
@@ -38,33 +43,48 @@ Example:
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import io
-import itertools
 import json
+import logging
 import re
-import tarfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from medvlp.data.dataset import ImageOptions, augment, collate, to_square
+from medvlp.data.shardio import (
+    Fetcher,
+    ShardCache,
+    build_index,
+    expand_braces,
+    is_url,
+    local_path,
+    parse_index,
+    read_sample,
+    shard_name,
+    sidecar,
+)
 from medvlp.errors import ConfigError, DataError, ImageReadError
+
+log = logging.getLogger(__name__)
 
 INDEX_NAME = "shards.json"
 HELD_OUT_SPLITS = ("val", "test")
+STATE_FORMAT = "medvlp-stream-position/1"
 _IMAGE_EXTS = ("png", "jpg", "jpeg")
 _MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".tsv")
 _SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _BRACE_RE = re.compile(r"\{[^{}]*(\.\.|,)[^{}]*\}")
-# webdataset's key rule: the member path up to the first dot of its file name.
-_MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 _TOKEN_CACHE_MAX = 50_000
+_INDEX_CACHE = 64  # shard indexes kept in memory per process
 
 
 def is_shard_pattern(s: str | Path | None) -> bool:
@@ -86,65 +106,11 @@ def is_shard_pattern(s: str | Path | None) -> bool:
     return Path(text).is_dir() and (Path(text) / INDEX_NAME).is_file()
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """Expand ``{000..012}`` ranges (zero padding kept) and ``{a,b}`` alternatives, as webdataset does.
-
-    ``a::b`` joins several patterns. Raises ConfigError for a range whose ends are not integers.
-    """
-    out: list[str] = []
-    for part in pattern.split("::"):
-        out.extend(_expand_one(part))
-    return out
-
-
-def _expand_one(text: str) -> list[str]:
-    m = re.search(r"\{([^{}]*)\}", text)
-    if m is None:
-        return [text]
-    body, head, tail = m.group(1), text[: m.start()], text[m.end():]
-    if ".." in body and "," not in body:
-        lo, _, hi = body.partition("..")
-        if not (lo.strip().isdigit() and hi.strip().isdigit()):
-            raise ConfigError(f"shard pattern {text!r}: range {{{body}}} must be two integers, e.g. {{000000..000099}}")
-        width = len(lo) if lo.startswith("0") else 0
-        a, b = int(lo), int(hi)
-        step = 1 if b >= a else -1
-        choices = [f"{v:0{width}d}" for v in range(a, b + step, step)]
-    elif "," in body:
-        choices = body.split(",")
-    else:
-        choices = ["{" + body + "}"]  # not a pattern: keep the braces literally
-        return [head + choices[0] + rest for rest in _expand_one(tail)]
-    return [s for c in choices for s in _expand_one(head + c + tail)]
-
-
-def _is_url(s: str) -> bool:
-    return (bool(_URL_RE.match(s)) and not s.startswith("file://")) or s.startswith("pipe:")
-
-
-def _local(s: str) -> Path:
-    return Path(s[len("file://"):] if s.startswith("file://") else s)
-
-
-def _open(url: str) -> Any:
-    """A binary stream of a shard: a local file, or anything webdataset's gopen opens."""
-    if not _is_url(url):
-        return open(_local(url), "rb")
-    try:
-        import webdataset as wds
-    except ImportError:
-        raise ConfigError(
-            f"reading shards from {url.split(':', 1)[0]}: URLs needs the webdataset package: "
-            f"pip install 'medvlp[shards]'"
-        ) from None
-    return wds.gopen(url, "rb")
-
-
 def _shard_urls(pattern: str) -> tuple[list[str], Path | str | None]:
     """The shard list of ``pattern`` and where its ``shards.json`` would be."""
     text = str(pattern).strip()
-    if not _is_url(text) and _local(text).is_dir():
-        folder = _local(text)
+    if not is_url(text) and local_path(text).is_dir():
+        folder = local_path(text)
         index = folder / INDEX_NAME
         names = json.loads(index.read_text(encoding="utf-8")).get("shards") or []
         if not names:
@@ -152,57 +118,11 @@ def _shard_urls(pattern: str) -> tuple[list[str], Path | str | None]:
         return [str(folder / n) for n in names], index
     urls = expand_braces(text)
     first = urls[0]
-    if _is_url(first):
+    if first.startswith("pipe:"):
+        return urls, None
+    if is_url(first):
         return urls, first.rsplit("/", 1)[0] + "/" + INDEX_NAME if "/" in first else None
-    return urls, _local(first).parent / INDEX_NAME
-
-
-def _read_index(where: Path | str | None) -> dict[str, Any] | None:
-    if where is None:
-        return None
-    try:
-        if isinstance(where, Path):
-            if not where.is_file():
-                return None
-            return json.loads(where.read_text(encoding="utf-8"))
-        with _open(where) as fh:  # a remote index is optional: any failure means "count the samples"
-            return json.loads(fh.read())
-    except (OSError, ValueError, ConfigError):
-        return None
-
-
-def iter_tar(url: str) -> Iterator[dict[str, Any]]:
-    """Samples of one shard in file order: ``{"__key__", "__url__", ext: bytes, ...}``.
-
-    Members of a sample are consecutive in the tar (webdataset's layout). A damaged archive ends the
-    shard with a final ``{"__error__": reason}`` record instead of an exception.
-    """
-    current: dict[str, Any] | None = None
-    try:
-        with _open(url) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                m = _MEMBER_RE.match(info.name)
-                if m is None:
-                    continue
-                key, ext = m.group(1), m.group(2).lower()
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__url__": url}
-                member = tar.extractfile(info)
-                current[ext] = member.read() if member is not None else b""
-    except FileNotFoundError:
-        raise DataError(f"shard not found: {url}; check the --data pattern") from None
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        if current is not None:
-            yield current
-        yield {"__key__": None, "__url__": url, "__error__": f"unreadable shard ({type(e).__name__}: {e})"}
-        return
-    if current is not None:
-        yield current
+    return urls, local_path(first).parent / INDEX_NAME
 
 
 def _key_number(key: str) -> int:
@@ -227,15 +147,6 @@ def decode_image(data: bytes, opts: ImageOptions) -> np.ndarray:
     return np.array(to_square(img, opts.size, opts.pad_to_square), dtype=np.uint8)  # a writable copy
 
 
-def _check_image(data: bytes) -> None:
-    """Decode without resizing (used while skipping on resume, where only good/bad matters)."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-    except Exception as e:  # noqa: BLE001 - any decode failure makes the sample bad
-        raise ImageReadError("<shard member>", f"damaged or truncated image ({type(e).__name__})") from None
-
-
 def _captions(raw: bytes | None) -> list[str]:
     if raw is None:
         return []
@@ -248,31 +159,35 @@ def _captions(raw: bytes | None) -> list[str]:
     return [str(c).strip() for c in items if c is not None and str(c).strip()]
 
 
-class ShardStream(torch.utils.data.IterableDataset):
-    """Tar shards as a stream of training items, split over ranks and DataLoader workers.
 
-    Without :meth:`configure`, iterating gives one epoch (0) of items of this rank (each worker its part):
-    for checks and tests. After ``configure(batch_size, total_steps, start_step)``, iterating gives this
-    rank's share (``batch_size / world`` items, collated) of every remaining step; load it with
-    ``DataLoader(stream, batch_size=None, num_workers=W)``.
+class ShardStream(torch.utils.data.IterableDataset):
+    """Tar shards as a stream of training items in one global order, split over ranks and workers.
+
+    Without :meth:`configure`, iterating gives this rank's (and worker's) strided share of epoch 0, bad
+    samples left out: for checks and tests. After ``configure(batch_size, total_steps, start_step, state)``
+    iterating gives this rank's share (``batch_size / world`` items, collated) of every remaining step;
+    load it with ``DataLoader(stream, batch_size=None, num_workers=W)``.
 
     Args:
         pattern: brace pattern, shard file, ``a::b`` list, URL(s) or a folder with ``shards.json``.
         tokenizer: texts -> LongTensor of token ids.
         opts: image options (size, square padding, greyscale, augmentation, flips).
-        seed: seed of shard order, shuffle buffer and per-sample augmentation.
+        seed: seed of shard order, in-group shuffle and per-sample augmentation.
         rank: this process's rank; world: number of processes.
-        shuffle_buffer: samples held for shuffling within a slot (0: file order).
-        bad_log: called with each bad sample's record (once, in epoch 0).
-        max_bad_fraction: more bad samples than this fraction of a slot's epoch stops with DataError.
+        shuffle_buffer: consecutive shards (of the epoch's shard order) are shuffled together until they
+            hold this many samples (0 or 1: each shard in file order).
+        bad_log: called with each bad sample's record (once).
+        max_bad_fraction: more distinct bad samples than this fraction of an epoch stops with DataError.
         concept_fn: ``(row, caption) -> concepts`` (called with row -1: concepts come from the caption).
         caption_fn: optional ``(row, caption, rng) -> caption`` (row -1).
         held_out: ``split`` values kept out of training.
-        count: samples per epoch when known; else from ``shards.json``, else counted once.
+        cache_dir: keep local copies of remote (or compressed) shards here (default ``$MEDVLP_SHARD_CACHE``,
+            else a temporary folder per process).
+        retries: tries after the first for a remote read that fails transiently.
 
     Raises:
-        ConfigError: an empty pattern or a URL without webdataset installed.
-        DataError: local shards missing, or no sample in them.
+        ConfigError: an empty pattern, or a scheme whose fsspec package is missing.
+        DataError: shards missing (named), or no training sample in them.
     """
 
     def __init__(
@@ -290,133 +205,195 @@ class ShardStream(torch.utils.data.IterableDataset):
         concept_fn: Callable[[int, str], Any] | None = None,
         caption_fn: Callable[[int, str, np.random.Generator], str] | None = None,
         held_out: tuple[str, ...] = HELD_OUT_SPLITS,
-        count: int | None = None,
+        cache_dir: str | Path | None = None,
+        retries: int = 4,
     ) -> None:
         super().__init__()
         if not str(pattern).strip():
             raise ConfigError("empty shard pattern")
         self.pattern = str(pattern)
         self.urls, index_at = _shard_urls(self.pattern)
-        missing = [u for u in self.urls if not _is_url(u) and not _local(u).is_file()]
+        missing = [u for u in self.urls if not is_url(u) and not local_path(u).is_file()]
         if missing:
             raise DataError(
                 f"{len(missing)} of {len(self.urls)} shard(s) of {self.pattern} do not exist (first: {missing[0]}); "
                 f"check the pattern against the files `medvlp data shard` wrote"
             )
+        self.names = [shard_name(u) for u in self.urls]
         self.tokenizer, self.opts, self.seed = tokenizer, opts, seed
         self.rank, self.world = rank, world
         self.shuffle_buffer = max(0, int(shuffle_buffer))
         self.bad_log, self.max_bad_fraction = bad_log, max_bad_fraction
         self.concept_fn, self.caption_fn = concept_fn, caption_fn
-        self.held_out = tuple(held_out)
-        self.bad: list[dict[str, Any]] = []
+        self.held_out = tuple(str(h) for h in held_out)
+        self.cache = ShardCache(cache_dir, fetcher=Fetcher(retries))
+        self.bad: list[dict[str, Any]] = []  # bad samples met (this process, or remembered from a checkpoint)
+        self._bad_refs: set[tuple[str, int]] = set()  # refs of ``bad``
+        self._known_bad: set[tuple[str, int]] = set()  # refs this process will not read again
         self.images = None  # the loop's "decoded-image cache" attribute: streams have none
-        self.index = _read_index(index_at)
-        self.count, self.count_source = self._count(count)
+        self._indexes: OrderedDict[int, tuple[list[list[Any]], int | None]] = OrderedDict()
+        self._plans: OrderedDict[int, tuple[list[list[int]], list[int]]] = OrderedDict()
+        self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._pending: list[dict[str, Any]] = []  # bad records met in this process, not handed on yet
+        self._scanned = 0  # shards indexed by scanning (no index file)
+        self.per_shard, self.count_source = self._counts(index_at)
+        self.note_bad(self._pending, bad_log, check=False)  # damaged shards found while counting
+        self._pending = []
+        self.count = sum(self.per_shard)
         if self.count == 0:
             raise DataError(f"{self.pattern}: the shards hold no training samples")
+        self.fingerprint = hashlib.sha1(
+            "\n".join(f"{n}\t{c}" for n, c in zip(self.names, self.per_shard, strict=True)).encode("utf-8")
+        ).hexdigest()[:16]
         self.batch_size: int | None = None
         self.total_steps = 0
         self.start_step = 0
+        self._base = 0
         self._tokens: dict[str, torch.Tensor] = {}
 
-    # -- size ---------------------------------------------------------------------------------------
-    def _count(self, given: int | None) -> tuple[int, str]:
-        if given is not None:
-            return int(given), "given"
-        idx = self.index or {}
-        names, per = idx.get("shards") or [], idx.get("per_shard") or []
-        # Shards written without --split may hold val/test samples the index does not count apart: local
-        # ones are counted exactly (one pass over the tars, no decoding); remote ones trust the index.
-        mixed = idx.get("split") is None and not any(_is_url(u) for u in self.urls)
-        if len(names) == len(per) and names and not mixed:
+    # -- size and indexes -----------------------------------------------------------------------------
+    def _counts(self, index_at: Path | str | None) -> tuple[list[int], str]:
+        """Training samples per shard: from ``shards.json`` when it says every sample is of one split, else
+        from the shards' indexes (scanned where there is none)."""
+        idx = self._folder_index(index_at) or {}
+        names, per, split = idx.get("shards") or [], idx.get("per_shard") or [], idx.get("split")
+        if split is not None and names and len(names) == len(per):
             counts = dict(zip(names, per, strict=True))
-            base = [u.rsplit("/", 1)[-1] for u in self.urls]
-            if all(b in counts for b in base):
-                return sum(int(counts[b]) for b in base), INDEX_NAME
-        return count_samples(self.urls, held_out=self.held_out), "counted"
+            if all(n in counts for n in self.names):
+                keep = str(split) not in self.held_out
+                return [int(counts[n]) if keep else 0 for n in self.names], INDEX_NAME
+        unindexed = [u for u in self.urls if not is_url(u) and not local_path(sidecar(u) or "").is_file()]
+        if unindexed:
+            log.warning("%d of %d shard(s) have no %s index (first: %s): they are scanned (tar headers and json "
+                        "members, no image decoding) each time a process first reads them; `medvlp data shard` "
+                        "writes the index", len(unindexed), len(self.urls), "NNNNNN.tar.idx.json", unindexed[0])
+        counts = [len(self._entries(i)) for i in range(len(self.urls))]
+        if self._scanned == 0:
+            return counts, "shard indexes"
+        return counts, "scanned shards" if self._scanned == len(self.urls) else f"shard indexes ({self._scanned} scanned)"
+
+    def _folder_index(self, where: Path | str | None) -> dict[str, Any] | None:
+        try:
+            if where is None:
+                return None
+            if isinstance(where, Path):
+                return json.loads(where.read_text(encoding="utf-8")) if where.is_file() else None
+            raw = self.cache.fetch_bytes(where)
+            return None if raw is None else json.loads(raw)
+        except (OSError, ValueError, DataError):
+            return None  # optional: without it the shards' own indexes count the samples
+
+    def _entries(self, i: int) -> list[list[Any]]:
+        """The training samples of shard ``i`` (index entries, file order); cached per process."""
+        hit = self._indexes.get(i)
+        if hit is not None:
+            self._indexes.move_to_end(i)
+            return hit[0]
+        url = self.urls[i]
+        idx = self._load_index(url)
+        entries = [e for e in idx["samples"] if e[1] is None or str(e[1]) not in self.held_out]
+        self._indexes[i] = (entries, idx.get("size"))
+        while len(self._indexes) > _INDEX_CACHE:
+            self._indexes.popitem(last=False)
+        if idx.get("error"):
+            self._pending_shard_error(url, str(idx["error"]))
+        return entries
+
+    def _load_index(self, url: str) -> dict[str, Any]:
+        car = sidecar(url)
+        raw: bytes | None = None
+        if car is not None and not is_url(url):
+            p = local_path(car)
+            raw = p.read_bytes() if p.is_file() else None
+        elif car is not None:
+            raw = self.cache.fetch_bytes(car)
+        if raw is not None:
+            idx = parse_index(raw, car or url)
+            if is_url(url):
+                return idx
+            local = self.cache.path(url)
+            if local.stat().st_size == idx.get("size"):
+                return idx
+            log.warning("%s: its index is stale (the shard was rewritten); scanning the shard instead", car)
+        self._scanned += 1
+        return build_index(self.cache.path(url), shard_name(url))
 
     def __len__(self) -> int:
-        """Training samples per epoch (held-out ones excluded, except when taken from a remote index)."""
+        """Training samples per epoch (held-out ones excluded)."""
         return self.count
 
-    # -- layout -------------------------------------------------------------------------------------
-    def configure(self, batch_size: int, total_steps: int, start_step: int = 0) -> None:
-        """Switch to step mode: this rank yields ``batch_size / world`` items per step in ``[start, total)``.
+    # -- the global order -----------------------------------------------------------------------------
+    def _plan(self, epoch: int) -> tuple[list[list[int]], list[int]]:
+        """Epoch ``epoch``'s shard groups (in order) and each group's first position."""
+        hit = self._plans.get(epoch)
+        if hit is not None:
+            return hit
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.urls)).tolist()
+        groups: list[list[int]] = []
+        starts: list[int] = []
+        cur: list[int] = []
+        size = pos = 0
+        for i in order:
+            if self.per_shard[i] == 0:
+                continue
+            cur.append(i)
+            size += self.per_shard[i]
+            if size >= max(1, self.shuffle_buffer):
+                groups.append(cur)
+                starts.append(pos)
+                pos += size
+                cur, size = [], 0
+        if cur:
+            groups.append(cur)
+            starts.append(pos)
+        self._plans[epoch] = (groups, starts)
+        while len(self._plans) > 2:
+            self._plans.popitem(last=False)
+        return groups, starts
 
-        Raises:
-            DataError: the batch does not split evenly over the ranks.
-        """
-        if batch_size % self.world:
-            raise DataError(f"batch size {batch_size} is not divisible by the {self.world} processes")
-        self.batch_size, self.total_steps, self.start_step = int(batch_size), int(total_steps), int(start_step)
-
-    @staticmethod
-    def _worker() -> tuple[int, int]:
-        info = torch.utils.data.get_worker_info()
-        return (0, 1) if info is None else (info.id, info.num_workers)
-
-    def _slot_shards(self, epoch: int, slot: int, n_slots: int) -> tuple[list[str], int | None]:
-        """The shards slot reads in ``epoch`` and, when shards are fewer than slots, its sample stride."""
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.urls))
-        shards = [self.urls[i] for i in order]
-        if len(shards) >= n_slots:
-            return shards[slot::n_slots], None
-        return shards, n_slots
+    def ref_at(self, epoch: int, offset: int) -> tuple[int, int]:
+        """The sample at ``offset`` of epoch ``epoch``'s order: (shard number, training sample of that shard)."""
+        groups, starts = self._plan(epoch)
+        g = bisect.bisect_right(starts, offset) - 1
+        local = offset - starts[g]
+        if self.shuffle_buffer > 1:
+            key = (epoch, g)
+            perm = self._perms.get(key)
+            if perm is None:
+                n = sum(self.per_shard[i] for i in groups[g])
+                perm = self._perms[key] = np.random.default_rng([self.seed, epoch, 1, g]).permutation(n)
+                while len(self._perms) > 8:
+                    self._perms.popitem(last=False)
+            local = int(perm[local])
+        for i in groups[g]:
+            if local < self.per_shard[i]:
+                return i, local
+            local -= self.per_shard[i]
+        raise AssertionError("offset beyond its group")  # pragma: no cover - starts/sizes agree by construction
 
     # -- samples ------------------------------------------------------------------------------------
-    def raw_samples(self, epoch: int, slot: int, n_slots: int, *, report: bool = True,
-                    check_only: bool = False) -> Iterator[dict[str, Any]]:
-        """Good samples of a slot in one epoch, shuffled: ``{"key", "image": bytes|array, "captions", "meta"}``.
+    def _load(self, i: int, j: int) -> tuple[dict[str, Any] | None, str | None, dict[str, Any]]:
+        """Sample ``j`` of shard ``i`` decoded, or None and why; plus what a bad-sample record names."""
+        url = self.urls[i]
+        entries = self._entries(i)
+        where: dict[str, Any] = {"row": None, "image": None, "shard": url, "ref": [self.names[i], j]}
+        if j >= len(entries):
+            return None, f"the shard holds {len(entries)} training samples, fewer than {INDEX_NAME} says", where
+        entry = entries[j]
+        where["row"] = where["image"] = entry[0]
+        try:
+            members = read_sample(self.cache.path(url, self._indexes[i][1]), entry)
+        except OSError as e:
+            return None, f"unreadable shard member ({e})", where
+        sample, reason = self._prepare(entry[0], members)
+        if "json" in members:
+            try:
+                where["image"] = json.loads(members["json"]).get("image", entry[0])
+            except (ValueError, AttributeError):
+                pass
+        return sample, reason, where
 
-        ``check_only`` decodes images only to tell good from bad (for skipping); otherwise ``image`` is
-        the uint8 array at the model size (not augmented).
-        """
-        shards, stride = self._slot_shards(epoch, slot, n_slots)
-        rng = np.random.default_rng([self.seed, epoch, slot, 1])
-        buf: list[dict[str, Any]] = []
-        good = bad = 0
-        position = 0
-        for url in shards:
-            for s in iter_tar(url):
-                if "__error__" not in s:
-                    position += 1
-                    if stride is not None and (position - 1) % stride != slot:
-                        continue
-                elif stride is not None and slot != 0:
-                    continue  # every slot sees a damaged shard: let one report it
-                sample, reason = self._prepare(s, check_only)
-                if reason == "held-out":
-                    continue
-                if sample is None:
-                    bad += 1
-                    if report and epoch == 0:
-                        self._report(s, reason or "bad sample")
-                    self._check_bad(bad, good + bad, slot, final=False)
-                    continue
-                good += 1
-                if self.shuffle_buffer <= 1:
-                    yield sample
-                    continue
-                buf.append(sample)
-                if len(buf) >= self.shuffle_buffer:
-                    j = int(rng.integers(len(buf)))
-                    buf[j], buf[-1] = buf[-1], buf[j]
-                    yield buf.pop()
-        while buf:
-            j = int(rng.integers(len(buf)))
-            buf[j], buf[-1] = buf[-1], buf[j]
-            yield buf.pop()
-        self._check_bad(bad, good + bad, slot, final=True)
-        if good == 0:
-            raise DataError(
-                f"{self.pattern}: slot {slot} of {n_slots} (rank x worker) got no usable sample in epoch {epoch}; "
-                f"use fewer workers or check the shards"
-            )
-
-    def _prepare(self, s: dict[str, Any], check_only: bool) -> tuple[dict[str, Any] | None, str | None]:
-        if "__error__" in s:
-            return None, s["__error__"]
+    def _prepare(self, key: str, s: dict[str, bytes]) -> tuple[dict[str, Any] | None, str | None]:
         meta: dict[str, Any] = {}
         if "json" in s:
             try:
@@ -434,32 +411,52 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self.tokenizer is not None and not caps:
             return None, "empty caption"
         try:
-            if check_only:
-                _check_image(s[ext])
-                image: Any = None
-            else:
-                image = decode_image(s[ext], self.opts)
+            image = decode_image(s[ext], self.opts)
         except ImageReadError as e:
             return None, f"unreadable image: {e.reason}"
-        return {"key": s["__key__"], "image": image, "captions": caps, "meta": meta}, None
+        return {"key": key, "image": image, "captions": caps, "meta": meta}, None
 
-    def _report(self, s: dict[str, Any], reason: str) -> None:
-        image = s.get("__key__")
-        try:
-            image = json.loads(s["json"]).get("image", image) if "json" in s else image
-        except (ValueError, AttributeError):
-            pass
-        rec = {"row": s.get("__key__"), "image": image, "reason": reason, "shard": s.get("__url__")}
-        self.bad.append(rec)
-        if self.bad_log is not None:
-            self.bad_log(rec)
+    def _pending_shard_error(self, url: str, reason: str) -> None:
+        ref = (shard_name(url), -1)
+        if ref not in self._known_bad:
+            self._known_bad.add(ref)
+            self._pending.append({"row": None, "image": None, "reason": reason, "shard": url, "ref": list(ref)})
 
-    def _check_bad(self, bad: int, seen: int, slot: int, *, final: bool) -> None:
-        # mid-epoch only once enough samples were seen for the fraction to mean something
-        if bad and (final or seen >= 200) and bad / seen > self.max_bad_fraction:
+    def _item_at(self, position: int) -> dict[str, Any]:
+        """The item at a global position; a bad sample is replaced by the next good one of the epoch order."""
+        epoch, offset = divmod(position, self.count)
+        for t in range(self.count):
+            i, j = self.ref_at(epoch, (offset + t) % self.count)
+            ref = (self.names[i], j)
+            if ref in self._known_bad:
+                continue
+            sample, reason, where = self._load(i, j)
+            if sample is not None:
+                return self.make_item(sample, epoch, offset)
+            self._known_bad.add(ref)
+            if reason != "held-out":
+                self._pending.append({**where, "reason": reason or "bad sample"})
+        raise DataError(f"{self.pattern}: no usable sample in epoch {epoch}; check the shards")
+
+    def note_bad(self, records: list[dict[str, Any]], log_fn: Callable[[dict[str, Any]], None] | None = None,
+                 *, check: bool = True) -> None:
+        """Record bad samples once each (from any worker or rank), pass new ones to ``log_fn``, and stop
+        with a DataError once they are more than ``max_bad_fraction`` of an epoch."""
+        for rec in records:
+            ref = (str(rec["ref"][0]), int(rec["ref"][1]))
+            self._known_bad.add(ref)
+            if ref in self._bad_refs:
+                continue
+            self._bad_refs.add(ref)
+            self.bad.append(rec)
+            if log_fn is not None:
+                log_fn(rec)
+        if check and len(self._bad_refs) > self.max_bad_fraction * self.count:
+            first = self.bad[0]
             raise DataError(
-                f"{self.pattern}: {bad} of {seen} samples read by slot {slot} are unusable ({bad / seen:.1%} > "
-                f"--max-bad-fraction {self.max_bad_fraction:.1%}); reasons in bad_samples.jsonl"
+                f"{self.pattern}: {len(self._bad_refs)} of {self.count} samples are unusable (more than "
+                f"--max-bad-fraction {self.max_bad_fraction:.1%}); first: {first['shard']} sample {first['row']}: "
+                f"{first['reason']}; all reasons in bad_samples.jsonl"
             )
 
     # -- items ----------------------------------------------------------------------------------------
@@ -471,11 +468,11 @@ class ShardStream(torch.utils.data.IterableDataset):
             tok = self._tokens[text] = self.tokenizer([text])[0]  # type: ignore[misc]
         return tok
 
-    def make_item(self, sample: dict[str, Any], epoch: int) -> dict[str, Any]:
+    def make_item(self, sample: dict[str, Any], epoch: int, offset: int) -> dict[str, Any]:
         """A training item (same keys and types as ``ImageTextDataset.__getitem__``)."""
         k = _key_number(sample["key"])
         img = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)
-        rng = np.random.default_rng([self.seed, epoch, k])
+        rng = np.random.default_rng([self.seed, epoch, offset])
         if self.opts.augment:
             img = augment(img, rng, self.opts.hflip)
         caps = sample["captions"]
@@ -490,57 +487,81 @@ class ShardStream(torch.utils.data.IterableDataset):
             item["concepts"] = self.concept_fn(-1, caption)
         return item
 
+    # -- steps and positions ----------------------------------------------------------------------------
+    def configure(self, batch_size: int, total_steps: int, start_step: int = 0,
+                  state: dict[str, Any] | None = None) -> None:
+        """Step mode: this rank yields ``batch_size / world`` items per step in ``[start_step, total_steps)``.
+
+        ``state`` is a checkpoint's :meth:`position`: the run goes on from the samples it had consumed, and
+        the bad samples it had found are logged again (``bad_log``) but neither read nor counted again.
+
+        Raises:
+            DataError: the batch does not split evenly over the ranks.
+        """
+        if batch_size % self.world:
+            raise DataError(f"batch size {batch_size} is not divisible by the {self.world} processes")
+        self.batch_size, self.total_steps, self.start_step = int(batch_size), int(total_steps), int(start_step)
+        self._base = self.start_step * self.batch_size
+        if not state:
+            return
+        if state.get("shards") != self.fingerprint:
+            log.warning("--resume: the shards differ from those the checkpoint was trained on (fingerprint %s, "
+                        "now %s): the rest of the run follows the new shards' order, not the interrupted one's",
+                        state.get("shards"), self.fingerprint)
+            return
+        self._base = int(state.get("samples_seen", self._base))
+        self.note_bad(list(state.get("bad") or []), self.bad_log, check=False)
+
+    def position(self, step: int) -> dict[str, Any]:
+        """The data position after ``step`` steps, for the checkpoint (plain values only).
+
+        Under torch.distributed every rank must call it: the bad samples of all ranks are gathered.
+        """
+        recs = list(self.bad)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, recs)
+            seen: set[tuple[str, int]] = set()
+            recs = []
+            for rec in (r for part in gathered for r in part or []):
+                ref = (str(rec["ref"][0]), int(rec["ref"][1]))
+                if ref not in seen:
+                    seen.add(ref)
+                    recs.append(rec)
+        assert self.batch_size is not None, "configure() first"
+        return {"format": STATE_FORMAT, "step": int(step), "batch": self.batch_size, "seed": self.seed,
+                "samples_seen": self._base + (int(step) - self.start_step) * self.batch_size,
+                "epoch_samples": self.count, "shards": self.fingerprint, "bad": recs}
+
+    @staticmethod
+    def _worker() -> tuple[int, int]:
+        info = torch.utils.data.get_worker_info()
+        return (0, 1) if info is None else (info.id, info.num_workers)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, n_workers = self._worker()
-        n_slots = self.world * n_workers
+        self._pending = []
         if self.batch_size is None:
-            slot = self.rank * n_workers + worker
-            for sample in self.raw_samples(0, slot, n_slots):
-                yield self.make_item(sample, 0)
+            slot, n_slots = self.rank * n_workers + worker, self.world * n_workers
+            for offset in range(slot, self.count, n_slots):
+                i, j = self.ref_at(0, offset)
+                sample, reason, where = self._load(i, j)
+                if self._pending:
+                    self.note_bad(self._pending, self.bad_log, check=False)
+                    self._pending = []
+                if sample is None:
+                    if reason != "held-out":
+                        self.note_bad([{**where, "reason": reason or "bad sample"}], self.bad_log)
+                    continue
+                yield self.make_item(sample, 0, offset)
+            self.note_bad([], None)
             return
         per_rank = self.batch_size // self.world
-        # Step j is built by the worker the DataLoader asks at that moment: (j - start) mod W. Its samples
-        # come from the stream of residue j mod W, so the order does not depend on where a run resumed.
-        residue = (worker + self.start_step) % n_workers
-        slot = self.rank * n_workers + residue
-        mine = range(self.start_step + worker, self.total_steps, n_workers)
-        if not len(mine):
-            return
-        done_before = len(range(residue, self.start_step, n_workers))
-        items = self._slot_stream(slot, n_slots, skip=done_before * per_rank)
-        for _ in mine:
-            yield collate([next(items) for _ in range(per_rank)])
-
-    def _slot_stream(self, slot: int, n_slots: int, *, skip: int) -> Iterator[dict[str, Any]]:
-        """Items of a slot over epochs, after passing over ``skip`` samples without preparing them."""
-        for epoch in itertools.count():
-            if skip >= 1:
-                # count this epoch's samples cheaply; if the skip ends inside it, re-read it for real
-                n = sum(1 for _ in self.raw_samples(epoch, slot, n_slots, report=False, check_only=True))
-                if skip >= n:
-                    skip -= n
-                    continue
-            first = skip
-            skip = 0
-            # bad samples are reported in epoch 0 even when resuming inside it (a duplicate line in
-            # bad_samples.jsonl is better than losing the ones the interrupted run never reached)
-            for j, sample in enumerate(self.raw_samples(epoch, slot, n_slots)):
-                if j >= first:
-                    yield self.make_item(sample, epoch)
-
-
-def count_samples(urls: list[str], *, held_out: tuple[str, ...] = HELD_OUT_SPLITS) -> int:
-    """Samples over ``urls`` (one pass, no image decoding), leaving out those of a held-out split."""
-    n = 0
-    for url in urls:
-        for s in iter_tar(url):
-            if "__error__" in s:
-                continue
-            if "json" in s:
-                try:
-                    if str(json.loads(s["json"]).get("split")) in held_out:
-                        continue
-                except (ValueError, AttributeError):
-                    pass
-            n += 1
-    return n
+        # Steps go round-robin over the workers, which is the order the DataLoader returns them in.
+        for step in range(self.start_step + worker, self.total_steps, n_workers):
+            first = self._base + (step - self.start_step) * self.batch_size + self.rank * per_rank
+            batch = collate([self._item_at(first + k) for k in range(per_rank)])
+            if self._pending:
+                batch["bad_rows"], self._pending = self._pending, []  # handed to note_bad by the loop
+            yield batch

@@ -240,7 +240,8 @@ def fit(run: Run, state: tuple[_Optimisation, torch.utils.data.DataLoader], quie
         if pbar is not None:
             pbar.update(1)
         if step % run.save_every == 0 or step == run.steps:
-            _save(run.out, model, optim.opt, optim.scaler, step, run.resolved, dinfo, sharded=cfg.fsdp)
+            _save(run.out, model, optim.opt, optim.scaler, step, run.resolved, dinfo, sharded=cfg.fsdp,
+                  data=run.ds.position(step) if run.streamed else None)  # every rank: it gathers bad samples
     if pbar is not None:
         pbar.close()
     return RunResult(out=run.out, steps=step, train_seconds=time.time() - t_train,
@@ -274,8 +275,10 @@ def _adamw(params: list[dict[str, Any]], **kw: Any) -> torch.optim.Optimizer:
 
 
 def _save(out: Path, model: MedVLP, opt: torch.optim.Optimizer, scaler: Any, step: int, cfg: TrainConfig,
-          dinfo: DistInfo, sharded: bool = False) -> None:
+          dinfo: DistInfo, sharded: bool = False, data: dict[str, Any] | None = None) -> None:
     meta = {"scaler": scaler.state_dict(), "rng": rng_state(), "step": step, "config": cfg.to_dict()}
+    if data is not None:
+        meta["data"] = data  # streamed shards: the data position (ShardStream.position)
     if sharded:
         from medvlp.train.sharding import save_sharded
 

@@ -340,7 +340,7 @@ def build_loader(run: Run) -> torch.utils.data.DataLoader:
     pin = d.device.type == "cuda"
     if run.streamed:
         # -- streamed shards: the stream yields this rank's collated share of each remaining step
-        ds.configure(run.batch, run.steps, run.start)
+        ds.configure(run.batch, run.steps, run.start, state=(run.ckpt or {}).get("data"))
         workers = cfg.workers if cfg.workers is not None else min(8, cpus())
         return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin,
                                            worker_init_fn=exit_with_parent)
