@@ -159,10 +159,10 @@ def read_uploads(files: list[Any], card: Any) -> list[sup.Upload]:
                     span = max(hi - lo, 1.0)
                     c0 = float(min(max(up.window[0], lo), hi))
                     w0 = float(min(max(up.window[1], 1.0), 2 * span))
-                    c = st.slider("Window centre", float(lo), float(hi), c0, key=f"wc_{uid}")
-                    w = st.slider("Window width", 1.0, float(2 * span), w0, key=f"ww_{uid}")
-                    if (c, w) != up.window:
-                        up = sup.read_upload(f.name, data, card=card, window=(c, w))
+                    centre = float(st.slider("Window centre", float(lo), float(hi), c0, key=f"wc_{uid}"))
+                    width = float(st.slider("Window width", 1.0, float(2 * span), w0, key=f"ww_{uid}"))
+                    if (centre, width) != up.window:
+                        up = sup.read_upload(f.name, data, card=card, window=(centre, width))
                     st.caption("Header: technical tags only (medvlp.io.dicom.display_tags); no names, ids, dates "
                                "or free-text descriptions")
                     st.json(up.metadata, expanded=False)

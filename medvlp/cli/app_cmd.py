@@ -69,11 +69,12 @@ def split_flags(extra: list[str]) -> tuple[dict[str, str | bool], list[str]]:
 
 def settings_for(own: dict[str, str | bool]) -> AppSettings:
     """The app settings the flags ask for (``--token`` falls back to ``$MEDVLP_APP_TOKEN``)."""
-    root = own.get("--data-root")
-    if root:
-        if not Path(str(root)).expanduser().is_dir():
-            raise ConfigError(f"--data-root {root}: no such folder")
-        root = Path(str(root)).expanduser().resolve()
+    given = own.get("--data-root")
+    root: Path | None = None
+    if given:
+        if not Path(str(given)).expanduser().is_dir():
+            raise ConfigError(f"--data-root {given}: no such folder")
+        root = Path(str(given)).expanduser().resolve()
     token = str(own["--token"]) if own.get("--token") else os.environ.get(ENV_TOKEN) or None
     return AppSettings(token=token, data_root=root or None, models=parse_models(str(own.get("--models") or "")),
                        allow_training=bool(own.get("--allow-training")))

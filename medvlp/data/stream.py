@@ -258,7 +258,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         idx = self._folder_index(index_at) or {}
         names, per, split = idx.get("shards") or [], idx.get("per_shard") or [], idx.get("split")
         if split is not None and names and len(names) == len(per):
-            counts = dict(zip(names, per, strict=True))
+            counts: dict[str, Any] = dict(zip(names, per, strict=True))
             if all(n in counts for n in self.names):
                 keep = str(split) not in self.held_out
                 return [int(counts[n]) if keep else 0 for n in self.names], INDEX_NAME
@@ -267,10 +267,10 @@ class ShardStream(torch.utils.data.IterableDataset):
             log.warning("%d of %d shard(s) have no %s index (first: %s): they are scanned (tar headers and json "
                         "members, no image decoding) each time a process first reads them; `medvlp data shard` "
                         "writes the index", len(unindexed), len(self.urls), "NNNNNN.tar.idx.json", unindexed[0])
-        counts = [len(self._entries(i)) for i in range(len(self.urls))]
+        found = [len(self._entries(i)) for i in range(len(self.urls))]
         if self._scanned == 0:
-            return counts, "shard indexes"
-        return counts, "scanned shards" if self._scanned == len(self.urls) else f"shard indexes ({self._scanned} scanned)"
+            return found, "shard indexes"
+        return found, "scanned shards" if self._scanned == len(self.urls) else f"shard indexes ({self._scanned} scanned)"
 
     def _folder_index(self, where: Path | str | None) -> dict[str, Any] | None:
         try:

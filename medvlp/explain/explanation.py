@@ -51,7 +51,7 @@ class Explanation:
             raise ConfigError(f"no {kind} for '{key}'; available: {sorted(maps)}")
         img = Image.fromarray(self.image)
         if size:
-            img = img.resize((size, size), Image.BICUBIC)
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
         if kind == "gradcam":  # already scaled to [0, 1] by Grad-CAM
             return overlay(img, maps[key], alpha, vmin=0.0, vmax=1.0)
         # Heatmaps are shown relative (min to max of this map), so a weak but localised map stays visible.

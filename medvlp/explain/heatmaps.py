@@ -227,7 +227,7 @@ def overlay(image: Any, heatmap: np.ndarray, alpha: float = 0.5, cmap: str = "je
     base = base.convert("RGB")
     h = np.asarray(heatmap, dtype=np.float32)
     if h.shape != (base.height, base.width):
-        h = np.asarray(Image.fromarray(h, mode="F").resize(base.size, Image.BILINEAR), dtype=np.float32)
+        h = np.asarray(Image.fromarray(h, mode="F").resize(base.size, Image.Resampling.BILINEAR), dtype=np.float32)
     colour = colorize(h, cmap, vmin, vmax).astype(np.float32)
     a = np.where(np.isfinite(h), alpha, 0.0)[..., None]
     out = np.asarray(base, dtype=np.float32) * (1 - a) + colour * a
@@ -249,6 +249,6 @@ def pointing_hit(heatmap: np.ndarray, region: np.ndarray) -> bool:
     reg = np.asarray(region, dtype=bool)
     if reg.shape != heatmap.shape:
         reg = np.asarray(Image.fromarray(reg.astype(np.uint8) * 255).resize(
-            (heatmap.shape[1], heatmap.shape[0]), Image.NEAREST)) > 127
+            (heatmap.shape[1], heatmap.shape[0]), Image.Resampling.NEAREST)) > 127
     r, c = peak(heatmap)
     return bool(reg[r, c])

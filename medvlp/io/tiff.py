@@ -192,7 +192,7 @@ def read_multichannel(
         data, axes = _read_tiff(paths[0])
         stack = _as_chw(paths[0], data, axes)
     else:
-        planes = []
+        planes: list[Any] = []
         for p in paths:
             data, axes = _read_tiff(p)
             plane = np.squeeze(data)

@@ -46,7 +46,7 @@ class JpegTileReader:
         self.path = str(path)
         self.levels: dict[int, _Level] = {}
         with tifffile.TiffFile(self.path) as tf:
-            pages = [p for p in tf.pages if getattr(p, "is_tiled", False)]
+            pages = [p for p in tf.pages if isinstance(p, tifffile.TiffPage) and p.is_tiled]
             for index, dims in enumerate(level_dimensions):
                 page = next((p for p in pages if (p.imagewidth, p.imagelength) == tuple(dims)), None)
                 if page is None or page.compression != 7 or page.samplesperpixel != 3 or page.bitspersample != 8:
@@ -77,9 +77,9 @@ class JpegTileReader:
         data = self._read(lv.offsets[index], lv.counts[index])
         if lv.tables and len(lv.tables) > 4:
             data = lv.tables[:-2] + data[2:]  # abbreviated stream: the shared tables, then the tile's scan
-        im = Image.open(io.BytesIO(data))
+        im: Image.Image = Image.open(io.BytesIO(data))
         if scale > 1:
-            im.draft("RGB", (lv.tile_w // scale, lv.tile_h // scale))
+            im.draft("RGB", (lv.tile_w // scale, lv.tile_h // scale))  # type: ignore[attr-defined]  # a JpegImageFile
         im = im.convert("RGB") if im.mode != "RGB" else im
         im.load()
         return im

@@ -47,7 +47,10 @@ def _tiff_resolution(slide: Slide) -> tuple[float | None, str | None]:
         import tifffile
 
         with tifffile.TiffFile(slide.path) as tif:
-            tags = tif.pages[0].tags
+            page = tif.pages[0]
+            if not isinstance(page, tifffile.TiffPage):
+                return None, None
+            tags = page.tags
             if "XResolution" not in tags:
                 return None, None
             num, den = tags["XResolution"].value
@@ -76,13 +79,13 @@ def resolve_mpp(slide: Slide, override: float | None = None) -> tuple[float, str
         ConfigError: no trustworthy value; the message says how to pass ``--mpp``.
     """
     if override is not None:
-        value = float(override)
-        if not MPP_MIN <= value <= MPP_MAX:
+        given = float(override)
+        if not MPP_MIN <= given <= MPP_MAX:
             raise ConfigError(
-                f"{slide.path}: --mpp {value} is outside the plausible range {MPP_MIN}-{MPP_MAX} µm/px "
+                f"{slide.path}: --mpp {given} is outside the plausible range {MPP_MIN}-{MPP_MAX} µm/px "
                 "(40x is about 0.25, 20x about 0.5)"
             )
-        return value, "override"
+        return given, "override"
     props = slide.properties
     rejected: list[str] = []
 

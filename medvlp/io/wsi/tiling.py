@@ -112,7 +112,7 @@ def tile_coords(
     xs = np.arange(0, w0 - ps0 + 1, ps0, dtype=np.int64)
     ys = np.arange(0, h0 - ps0 + 1, ps0, dtype=np.int64)
     gx, gy = np.meshgrid(xs, ys)
-    gx, gy = gx.ravel(), gy.ravel()
+    gx, gy = gx.reshape(-1), gy.reshape(-1)  # type: ignore[assignment]  # 1-D from here on
     if gx.size:
         integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
         integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
