@@ -98,7 +98,7 @@ def _pretrain(cfg: TrainConfig, dinfo: DistInfo, quiet: bool) -> RunResult:
 class _Optimisation:
     """Optimizer, loss scaler and autocast of a run; restores them (and the RNG) from a checkpoint."""
 
-    def __init__(self, run: Run, replicated: set[nn.Parameter] | None = None) -> None:
+    def __init__(self, run: Run, replicated: list[nn.Parameter] | None = None) -> None:
         cfg, dev = run.cfg, run.dinfo.device
         self.replicated = replicated  # with --fsdp: the scalar parameters kept whole on every rank
         self.params = param_groups(run.model, cfg.weight_decay)

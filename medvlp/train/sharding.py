@@ -29,22 +29,23 @@ BLOCKS = ("ResidualAttentionBlock", "CustomResidualAttentionBlock", "BertLayer",
 PREFIX = "sharded-"
 
 
-def shard_model(model: nn.Module) -> set[nn.Parameter]:
+def shard_model(model: nn.Module) -> list[nn.Parameter]:
     """Shard ``model`` in place (blocks, then the root); returns the replicated scalar parameters."""
     from torch.distributed.fsdp import fully_shard
 
     for module in list(model.modules()):
         if type(module).__name__ in BLOCKS and module is not model:
             fully_shard(module)
-    scalars = {p for p in model.parameters() if p.ndim == 0}
-    fully_shard(model, ignored_params=scalars)
+    # a list in named_parameters order: every rank must all-reduce them in the same order
+    scalars = [p for _, p in model.named_parameters() if p.ndim == 0]
+    fully_shard(model, ignored_params=set(scalars))
     return scalars
 
 
-def sync_replicated(scalars: set[nn.Parameter]) -> None:
+def sync_replicated(scalars: list[nn.Parameter]) -> None:
     """Average the gradients of the replicated parameters over ranks (FSDP reduces the sharded ones)."""
     world = dist.get_world_size()
-    for p in sorted(scalars, key=id):  # the same order on every rank
+    for p in scalars:  # the same (named_parameters) order on every rank
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad)

@@ -114,7 +114,11 @@ def _ddp_worker(rank: int, world: int, port: int, spec: str, out: str) -> None:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("spec", ["siglip+concept", "clip", "keep"])
-def test_accumulation_under_two_process_ddp_equals_one_process_big_batch(spec: str, tmp_path) -> None:
+def test_accumulation_under_two_process_ddp_equals_one_process_big_batch(spec: str, tmp_path, monkeypatch) -> None:
+    import sys
+
+    # spawned workers re-run __main__'s file; after an in-process Streamlit AppTest that is an app script
+    monkeypatch.delattr(sys.modules["__main__"], "__file__", raising=False)
     out = tmp_path / "grads.pt"
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), spec, str(out)), nprocs=2, join=True)
     ddp = torch.load(out)
