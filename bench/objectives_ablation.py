@@ -26,6 +26,10 @@ The script writes its whole table (bench/results/objectives_ablation.md and its 
 bench/RESULTS.md); nothing is merged by hand.
 
     python bench/objectives_ablation.py [--steps 100] [--seeds 0,1,2] [--datasets wbcatt,pneumonia,covid,pathology]
+
+Each finished dataset is kept as bench/results/objectives_ablation/<dataset>.json (settings, command,
+machine, table); the markdown table is rendered from every dataset stored with the same settings, so
+``--datasets pneumonia`` adds a dataset without dropping the others.
 """
 
 from __future__ import annotations
@@ -293,13 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     objectives = args.objectives.split(",")
     loaders = {"wbcatt": wbcatt_data, "pneumonia": pneumonia_data, "covid": covid_data, "pathology": pathology_data}
-    t0 = time.time()
-    sections: list[str] = []
-    verdicts: list[str] = []
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "seeds": seeds, "objectives": objectives}
     for name in args.datasets.split(","):
+        t0 = time.time()
         data = loaders[name](args.work)
         if data is None:
-            sections += [f"### {TITLES[name]}", "", "skipped: the data is not under ../shared/data", ""]
+            _store(args, argv, name, settings, t0, None,
+                   [f"### {TITLES[name]}", "", "skipped: the data is not under ../shared/data", ""])
+            _write(args, settings)
             continue
         results: dict[str, list[dict]] = {}
         extra_cols: dict[str, tuple[str, float]] = {}
@@ -323,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} {obj} seed {seed}: {HEADLINE[name]} = {head.get('value')}", flush=True)
         keys = [k for k in next(iter(results.values()))[0] if not k.startswith("_")]
         chance = next(iter(results.values()))[0].get("_chance")
-        sections += [f"### {TITLES[name]}", "",
-                     "| objective | " + " | ".join(keys) + " | negatives masked per step (seed 0) | s/step |",
-                     "|---|" + "---|" * (len(keys) + 2)]
+        sections = [f"### {TITLES[name]}", "",
+                    "| objective | " + " | ".join(keys) + " | negatives masked per step (seed 0) | s/step |",
+                    "|---|" + "---|" * (len(keys) + 2)]
         for obj, runs in results.items():
             cells = [_cell([(r.get(k) or {}).get("value") for r in runs], runs[0].get(k)) for k in keys]
             masks, sps = extra_cols[obj]
@@ -334,23 +339,52 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(f"\nPointing-game chance (mean region fraction): {chance['value']:.3f}.")
         v = verdict(results, HEADLINE[name])
         sections += ["", f"Verdict ({name}): {v}", ""]
-        verdicts.append(f"- {name}: {v}")
-        _write(args, argv, seeds, t0, verdicts, sections)  # after every dataset: a stopped run keeps its table
-    body = _write(args, argv, seeds, t0, verdicts, sections)
-    print(body)
+        _store(args, argv, name, settings, t0, v, sections)
+        _write(args, settings)  # after every dataset: a stopped run keeps the datasets it finished
+    print(_write(args, settings))
     return 0
 
 
-def _write(args: argparse.Namespace, argv: list[str] | None, seeds: list[int], t0: float, verdicts: list[str],
-           sections: list[str]) -> str:
-    cmd = command_line(__file__, argv)
+# ------------------------------------------------------------------------------------------------
+# Storage: one JSON per dataset, so that a run of some datasets keeps the others' tables
+# ------------------------------------------------------------------------------------------------
+def _store_path(args: argparse.Namespace, name: str) -> Path:
+    return args.out.with_suffix("") / f"{name}.json"
+
+
+def _store(args: argparse.Namespace, argv: list[str] | None, name: str, settings: dict, t0: float,
+           verdict_line: str | None, sections: list[str]) -> None:
+    record = {"dataset": name, "settings": settings, "command": command_line(__file__, argv),
+              "machine": machine(), "wall_s": round(time.time() - t0), "verdict": verdict_line,
+              "section": sections}
+    write_text(_store_path(args, name), json.dumps(record, indent=1) + "\n")
+
+
+def _write(args: argparse.Namespace, settings: dict) -> str:
+    """The whole table from every dataset stored with these settings (in the fixed dataset order); a
+    dataset stored with other settings is named, not mixed in."""
+    verdicts, sections, commands, stale = [], [], [], []
+    for name in TITLES:
+        path = _store_path(args, name)
+        if not path.is_file():
+            continue
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        if rec["settings"] != settings:
+            stale.append(f"{name} ({rec['settings']['steps']} steps, seeds {rec['settings']['seeds']})")
+            continue
+        if rec["verdict"]:
+            verdicts.append(f"- {name}: {rec['verdict']}")
+        sections += rec["section"]
+        commands.append(f"- {name}: `{rec['command']}` on {rec['machine']}, {rec['wall_s']} s")
     body = "\n".join([
-        f"Command: `{cmd}`  ", f"Machine: {machine()}  ",
-        f"Model `tiny` (the CPU default of every card), {args.steps} steps x batch {args.batch_size}, seeds "
-        f"{', '.join(map(str, seeds))}; identical batches for every objective (one uniform sampler; KEEP with "
-        "`batching=uniform`). Cells: mean +- sd over the training seeds (bootstrap 95% CI of seed 0). "
-        f"Wall time {time.time() - t0:.0f} s.", "", "Verdicts (headline measure per dataset):", "", *verdicts, "",
-        *sections])
+        f"Model `tiny` (the CPU default of every card), {settings['steps']} steps x batch "
+        f"{settings['batch_size']}, seeds {', '.join(map(str, settings['seeds']))}; identical batches for every "
+        "objective (one uniform sampler; KEEP with `batching=uniform`). Cells: mean +- sd over the training "
+        "seeds (bootstrap 95% CI of seed 0). Each dataset's table is written by the command beside it (the "
+        f"script keeps one JSON per dataset under `{_store_path(args, 'x').parent.name}/` and renders them all):",
+        "", *commands, "",
+        *([f"Stored with other settings, not shown: {', '.join(stale)}.", ""] if stale else []),
+        "Verdicts (headline measure per dataset):", "", *verdicts, "", *sections])
     title = "## Objectives ablation: clip, siglip, siglip+concept, keep, keep+concept, softclip"
     write_text(args.out, f"{title}\n\n{body}\n")
     if args.results:

@@ -35,12 +35,15 @@ if TYPE_CHECKING:  # pandas is only needed by callers that hold a manifest
 
 __all__ = [
     "GroupBatchSampler",
+    "MetaFields",
     "RowFields",
     "RowValue",
     "fit_group_batch",
     "assign_group_ids",
+    "first_concept",
     "group_keys",
     "row_concept",
+    "sample_group_key",
 ]
 
 
@@ -54,22 +57,26 @@ def row_concept(m: Manifest, i: int, graph: Any = None) -> str | None:
     items = m.concepts(i)
     if not items:
         return None
-    for item in items:
+    caps = m.captions(i)
+    return first_concept(items, graph, caps[0] if caps else None)
+
+
+def first_concept(items: Sequence[Any] | None, graph: Any = None, caption: str | None = None) -> str | None:
+    """The first non-negated concept id among ``concepts`` items (ids, matcher dicts, or ``[start, end]``
+    spans into ``caption``, resolved through ``graph``); None when there is none."""
+    for item in items or ():
         if isinstance(item, str) and item.strip():
             return graph.resolve(item) if graph is not None else item
         if isinstance(item, dict):
             if item.get("negated") or not item.get("id"):
                 continue
             return graph.resolve(str(item["id"])) if graph is not None else str(item["id"])
-        if isinstance(item, (list, tuple)) and len(item) == 2 and graph is not None:
-            caps = m.captions(i)
-            if caps:
-                from medvlp.ontology.prompts import resolve_label
+        if isinstance(item, (list, tuple)) and len(item) == 2 and graph is not None and caption:
+            from medvlp.ontology.prompts import resolve_label
 
-                start, end = int(item[0]), int(item[1])
-                c = resolve_label(caps[0][start:end], graph)
-                if c is not None:
-                    return c.id
+            c = resolve_label(caption[int(item[0]):int(item[1])], graph)
+            if c is not None:
+                return c.id
     return None
 
 
@@ -103,15 +110,8 @@ def group_keys(m: Manifest, *, graph: Any = None, card: Any = None) -> list[str]
     matcher = None
     keys: list[str] = []
     for i in range(len(m)):
-        if col is not None and col[i] is not None and str(col[i]).strip():
-            keys.append(str(col[i]).strip())
-            continue
-        key = None
-        for lab in m.labels(i):  # the row's class first: concepts may be attributes (WBCAtt) or findings
-            key = label_concept(lab, graph, card) or lab
-            break
-        if key is None:
-            key = row_concept(m, i, graph)
+        key = sample_group_key(col[i] if col is not None else None, m.labels(i), m.concepts(i),
+                               graph=graph, card=card, caption=next(iter(m.captions(i)), None))
         if key is None and graph is not None and m.captions(i):
             if matcher is None:
                 from medvlp.ontology.matcher import ConceptMatcher
@@ -120,6 +120,18 @@ def group_keys(m: Manifest, *, graph: Any = None, card: Any = None) -> list[str]
             key = next((x.concept_id for x in matcher.match(m.captions(i)[0]) if not x.negated), None)
         keys.append(key if key is not None else f"row:{i}")
     return keys
+
+
+def sample_group_key(group: Any, labels: Sequence[str], concepts: Sequence[Any] | None, *, graph: Any = None,
+                     card: Any = None, caption: str | None = None) -> str | None:
+    """The group key of one sample from its fields (a manifest row, or a shard's ``json`` member): its
+    ``group``, else its first label (as a concept id where known), else its first concept; None when it
+    has none of these (:func:`group_keys` then tries the ontology matcher on the caption)."""
+    if group is not None and str(group).strip():
+        return str(group).strip()
+    for lab in labels:  # the row's class first: concepts may be attributes (WBCAtt) or findings
+        return label_concept(lab, graph, card) or lab
+    return first_concept(concepts, graph, caption)
 
 
 def assign_group_ids(keys: Sequence[str]) -> tuple[list[int], list[str]]:
@@ -164,6 +176,19 @@ class RowFields:
         out: dict[str, Any] = {}
         for fn in self.fns:
             out.update(fn(row))
+        return out
+
+
+class MetaFields:
+    """Several ``(meta, key) -> fields`` functions of streamed samples merged into one."""
+
+    def __init__(self, fns: Sequence[Callable[[dict[str, Any], int], dict[str, Any]]]) -> None:
+        self.fns = list(fns)
+
+    def __call__(self, meta: dict[str, Any], key: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for fn in self.fns:
+            out.update(fn(meta, key))
         return out
 
 

@@ -207,6 +207,46 @@ def encode_image(
     return "png", buf.getvalue()
 
 
+class Vocabulary:
+    """The distinct labels, groups and (non-negated) concept ids of the sharded rows, kept in
+    ``shards.json`` so that objectives with per-sample targets (keep, softclip) can number them
+    identically on every rank before any shard is read."""
+
+    def __init__(self) -> None:
+        self.labels: set[str] = set()
+        self.groups: set[str] = set()
+        self.concepts: set[str] = set()
+
+    def add(self, m: Manifest, i: int) -> None:
+        self.labels.update(m.labels(i))
+        if "group" in m.df.columns and not _missing(m.df["group"].iloc[i]):
+            self.groups.add(str(m.df["group"].iloc[i]).strip())
+        self.concepts.update(concept_ids(m.concepts(i)))
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"labels": sorted(self.labels), "groups": sorted(g for g in self.groups if g),
+                "concepts": sorted(self.concepts)}
+
+
+def concept_ids(items: Any) -> list[str]:
+    """The non-negated concept ids among ``concepts`` items (ids, or matcher dicts), in order."""
+    out: list[str] = []
+    for item in items or ():
+        if isinstance(item, str) and item.strip():
+            out.append(item)
+        elif isinstance(item, dict) and item.get("id") and not item.get("negated"):
+            out.append(str(item["id"]))
+    return list(dict.fromkeys(out))
+
+
+def meta_labels(meta: dict[str, Any]) -> list[str]:
+    """The label names of a sample's ``json`` member (a list for multi-label shards, else one name or null)."""
+    value = meta.get("label")
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
 def sample_json(m: Manifest, i: int, multilabel: bool) -> dict[str, Any]:
     """The ``json`` member of row ``i``: label(s), concepts, ids, split and the other columns."""
     row = m.df.iloc[i]
@@ -380,6 +420,7 @@ def write_shards(
     writer: Any = None
     tmp: Path | None = None
     count = 0
+    vocab = Vocabulary()
 
     def finish_shard() -> None:
         nonlocal writer, tmp, count
@@ -422,6 +463,7 @@ def write_shards(
                     tmp = out / f".{SHARD_NAME.format(len(summary.shards))}.tmp-{os.getpid()}"
                     writer = _open_writer(used, tmp)
                 writer.write(sample)
+                vocab.add(m, i)
                 count += 1
                 summary.image_formats[ext] = summary.image_formats.get(ext, 0) + 1
                 if count >= shard_size:
@@ -466,6 +508,7 @@ def write_shards(
         "multilabel": multilabel,
         "skipped": len(summary.skipped),
         "image_formats": summary.image_formats,
+        "vocabulary": vocab.to_dict(),
         "members": {
             "png|jpg": "the image (PNG/JPEG stored unchanged, other formats as RGB PNG)",
             "txt": "captions, a JSON list of strings",

@@ -180,6 +180,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         max_bad_fraction: more distinct bad samples than this fraction of an epoch stops with DataError.
         concept_fn: ``(row, caption) -> concepts`` (called with row -1: concepts come from the caption).
         caption_fn: optional ``(row, caption, rng) -> caption`` (row -1).
+        meta_fn: optional ``(meta, key) -> fields``: extra item fields from a sample's ``json`` member and
+            its key number (an objective's per-sample targets: KEEP groups, softclip label vectors).
         held_out: ``split`` values kept out of training.
         cache_dir: keep local copies of remote (or compressed) shards here (default ``$MEDVLP_SHARD_CACHE``,
             else a temporary folder per process).
@@ -204,6 +206,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         max_bad_fraction: float = 0.01,
         concept_fn: Callable[[int, str], Any] | None = None,
         caption_fn: Callable[[int, str, np.random.Generator], str] | None = None,
+        meta_fn: Callable[[dict[str, Any], int], dict[str, Any]] | None = None,
         held_out: tuple[str, ...] = HELD_OUT_SPLITS,
         cache_dir: str | Path | None = None,
         retries: int = 4,
@@ -224,7 +227,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.rank, self.world = rank, world
         self.shuffle_buffer = max(0, int(shuffle_buffer))
         self.bad_log, self.max_bad_fraction = bad_log, max_bad_fraction
-        self.concept_fn, self.caption_fn = concept_fn, caption_fn
+        self.concept_fn, self.caption_fn, self.meta_fn = concept_fn, caption_fn, meta_fn
+        self.index: dict[str, Any] = {}  # shards.json, where there is one
         self.held_out = tuple(str(h) for h in held_out)
         self.cache = ShardCache(cache_dir, fetcher=Fetcher(retries))
         self.bad: list[dict[str, Any]] = []  # bad samples met (this process, or remembered from a checkpoint)
@@ -255,7 +259,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _counts(self, index_at: Path | str | None) -> tuple[list[int], str]:
         """Training samples per shard: from ``shards.json`` when it says every sample is of one split, else
         from the shards' indexes (scanned where there is none)."""
-        idx = self._folder_index(index_at) or {}
+        idx = self.index = self._folder_index(index_at) or {}
         names, per, split = idx.get("shards") or [], idx.get("per_shard") or [], idx.get("split")
         if split is not None and names and len(names) == len(per):
             counts: dict[str, Any] = dict(zip(names, per, strict=True))
@@ -317,6 +321,12 @@ class ShardStream(torch.utils.data.IterableDataset):
             log.warning("%s: its index is stale (the shard was rewritten); scanning the shard instead", car)
         self._scanned += 1
         return build_index(self.cache.path(url), shard_name(url))
+
+    @property
+    def vocabulary(self) -> dict[str, list[str]] | None:
+        """The shards' distinct labels, groups and concept ids (``shards.json``), or None where it is not known."""
+        vocab = self.index.get("vocabulary")
+        return vocab if isinstance(vocab, dict) else None
 
     def __len__(self) -> int:
         """Training samples per epoch (held-out ones excluded)."""
@@ -485,6 +495,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             item["caption"] = caption
         if self.concept_fn is not None:
             item["concepts"] = self.concept_fn(-1, caption)
+        if self.meta_fn is not None:
+            item.update(self.meta_fn(sample["meta"], k))
         return item
 
     # -- steps and positions ----------------------------------------------------------------------------

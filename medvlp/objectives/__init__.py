@@ -114,15 +114,17 @@ class CombinedObjective(nn.Module):
         return {"init_logit_scale": log_scale, "init_logit_bias": bias, "concept_head": self.needs_concept_head}
 
     def row_parts(self) -> list[str]:
-        """Parts that need per-row manifest fields (they cannot train from streamed shards)."""
-        return [name for name, p in self.parts.items() if _attr(p, "needs_rows", False)]
+        """Parts that need per-row manifest fields and cannot build them from streamed shards."""
+        return [name for name, p in self.parts.items()
+                if _attr(p, "needs_rows", False) and not _attr(p, "streams_rows", False)]
 
     def check_streamable(self) -> None:
         """Raise a ConfigError when a part cannot train from streamed shards."""
         rows = self.row_parts()
         if rows:
-            ok = [n for n in available() if not _attr(_REGISTRY[n], "needs_rows", False)]
-            raise ConfigError(f"objective {', '.join(rows)} needs a manifest (per-row groups/labels); streamed "
+            ok = [n for n in available() if not _attr(_REGISTRY[n], "needs_rows", False)
+                  or _attr(_REGISTRY[n], "streams_rows", False)]
+            raise ConfigError(f"objective {', '.join(rows)} needs a manifest (per-row fields); streamed "
                               f"shards support {', '.join(ok)}: pass --data MANIFEST")
 
     def bind(self, model: nn.Module) -> CombinedObjective:
@@ -135,14 +137,34 @@ class CombinedObjective(nn.Module):
     def data_needs(self, manifest: Manifest, card: DomainCard | None, model: nn.Module,
                    options: dict[str, Any]) -> DataNeeds:
         """Every part's :class:`DataNeeds`, merged (two caption functions or two samplers are refused)."""
-        from medvlp.data.samplers import RowFields
+        out: dict[str, DataNeeds | None] = {}
+        for name, p in self.parts.items():
+            hook = getattr(p, "data_needs", None)
+            out[name] = hook(manifest, card, model, options) if hook is not None else None
+        return self._merge(out)
+
+    def stream_needs(self, manifest: Manifest, vocabulary: dict[str, list[str]] | None, card: DomainCard | None,
+                     model: nn.Module, options: dict[str, Any]) -> DataNeeds:
+        """Every part's needs for a streamed run (:meth:`Objective.stream_needs`), merged."""
+        self.check_streamable()
+        out: dict[str, DataNeeds | None] = {}
+        for name, p in self.parts.items():
+            hook = getattr(p, "stream_needs", None)
+            if hook is not None:
+                out[name] = hook(manifest, vocabulary, card, model, options)
+            else:  # a plain module registered as an objective
+                data_hook = getattr(p, "data_needs", None)
+                out[name] = data_hook(manifest, card, model, options) if data_hook is not None else None
+        return self._merge(out)
+
+    def _merge(self, parts: dict[str, DataNeeds | None]) -> DataNeeds:
+        from medvlp.data.samplers import MetaFields, RowFields
 
         merged = DataNeeds()
         rows: list[Callable[[int], dict[str, Any]]] = []
+        metas: list[Callable[[dict[str, Any], int], dict[str, Any]]] = []
         infos: list[str] = []
-        for name, part in self.parts.items():
-            hook = getattr(part, "data_needs", None)
-            needs = hook(manifest, card, model, options) if hook is not None else None
+        for name, needs in parts.items():
             if needs is None:
                 continue
             for key in ("caption_fn", "concept_fn", "batching"):
@@ -154,9 +176,12 @@ class CombinedObjective(nn.Module):
                     setattr(merged, key, value)
             if needs.row_fields is not None:
                 rows.append(needs.row_fields)
+            if needs.meta_fields is not None:
+                metas.append(needs.meta_fields)
             if needs.info:
                 infos.append(f"{name}: {needs.info}")
         merged.row_fields = RowFields(rows) if rows else None
+        merged.meta_fields = MetaFields(metas) if metas else None
         merged.info = "; ".join(infos)
         return merged
 

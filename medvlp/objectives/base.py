@@ -8,7 +8,8 @@ newer ``task`` classes own ``prepare_batch``):
   combination the part with the highest ``init_rank`` decides;
 * ``default_weight``: its weight in a combination when the spec gives none (``siglip+concept``);
 * ``needs_tokens`` / ``needs_concept_head``: how the model is built and called;
-* ``needs_rows``: it reads per-row manifest fields (not available from streamed shards);
+* ``needs_rows``: it reads per-row manifest fields; with ``streams_rows`` it can also build them from
+  streamed shards (:meth:`stream_needs`: each sample's ``json`` member and the shards' vocabulary);
 * ``requires_any``: other objectives one of which must be in the combination;
 * :meth:`bind` (model binding), :meth:`data_needs` (row fields, caption and concept functions, a batch
   sampler) and :meth:`post_step` (clamping after each optimizer step).
@@ -38,11 +39,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from medvlp.errors import ConfigError
+
 if TYPE_CHECKING:
     from medvlp.data.manifest import Manifest
     from medvlp.domains import DomainCard
 
-__all__ = ["Objective", "DataNeeds", "Batching"]
+__all__ = ["Objective", "DataNeeds", "Batching", "require_vocabulary"]
 
 
 class Batching(Protocol):
@@ -70,6 +73,8 @@ class DataNeeds:
         caption_fn: ``(row, caption, rng) -> caption``: replaces the sampled caption (caption synthesis).
         concept_fn: ``(row, caption) -> spans``: per-caption annotations placed in ``batch["concepts"]``.
         batching: a custom batch sampler (:class:`Batching`); None = the run's uniform sampler.
+        meta_fields: ``(meta, key) -> fields``: the same extra item fields for a streamed sample, from its
+            shard ``json`` member (label, concepts, group) and key number.
         info: a one-line description for the run's summary.
     """
 
@@ -77,6 +82,7 @@ class DataNeeds:
     caption_fn: Callable[..., str] | None = None
     concept_fn: Callable[..., Any] | None = None
     batching: Batching | None = None
+    meta_fields: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
     info: str = ""
 
     def dataset_kwargs(self) -> dict[str, Any]:
@@ -85,7 +91,18 @@ class DataNeeds:
 
     def stream_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`medvlp.data.stream.ShardStream` (no per-row fields there)."""
-        return {"concept_fn": self.concept_fn}
+        return {"concept_fn": self.concept_fn, "meta_fn": self.meta_fields}
+
+
+def require_vocabulary(vocabulary: dict[str, list[str]] | None, objective: str) -> dict[str, list[str]]:
+    """The shards' vocabulary, or a ConfigError saying where it comes from."""
+    if vocabulary is None:
+        raise ConfigError(
+            f"objective {objective} over streamed shards needs their vocabulary (distinct labels, groups and "
+            "concept ids), which `medvlp data shard` writes into shards.json beside the shards; these shards "
+            "have none (written by an older medvlp or another tool, or shards.json is not beside them): "
+            "re-shard with `medvlp data shard`, or pass --data MANIFEST")
+    return vocabulary
 
 
 class Objective(nn.Module):
@@ -98,6 +115,7 @@ class Objective(nn.Module):
     needs_tokens: ClassVar[bool] = False
     needs_concept_head: ClassVar[bool] = False
     needs_rows: ClassVar[bool] = False
+    streams_rows: ClassVar[bool] = False
     requires_any: ClassVar[tuple[str, ...]] = ()
 
     def bind(self, model: nn.Module) -> Objective:
@@ -108,6 +126,14 @@ class Objective(nn.Module):
                    options: dict[str, Any]) -> DataNeeds | None:
         """What this objective needs from the training rows; ``options`` is ``TrainConfig.extra``."""
         return None
+
+    def stream_needs(self, manifest: Manifest, vocabulary: dict[str, list[str]] | None, card: DomainCard | None,
+                     model: nn.Module, options: dict[str, Any]) -> DataNeeds | None:
+        """What this objective needs when training streams shards: ``manifest`` is an empty stand-in and
+        ``vocabulary`` the shards' distinct labels, groups and concept ids (``shards.json``; None when the
+        shards do not say). By default the same as :meth:`data_needs`; objectives with ``streams_rows``
+        return ``meta_fields`` in place of ``row_fields``."""
+        return self.data_needs(manifest, card, model, options)
 
     @torch.no_grad()
     def post_step(self, model: nn.Module) -> None:

@@ -52,10 +52,11 @@ from torch import nn
 from medvlp.data.samplers import RowValue
 from medvlp.errors import ConfigError, MedvlpError
 from medvlp.objectives import register
-from medvlp.objectives.base import DataNeeds, Objective
+from medvlp.objectives.base import DataNeeds, Objective, require_vocabulary
 from medvlp.objectives.distributed import gather_no_grad, gather_with_grad
 
-__all__ = ["CaptionSynthesiser", "KeepData", "KeepObjective", "group_relations", "keep_loss", "KEEP_OPTIONS"]
+__all__ = ["CaptionSynthesiser", "KeepData", "KeepObjective", "ShardGroups", "group_relations", "keep_loss",
+           "KEEP_OPTIONS"]
 
 # batching: "groups" (G groups x n_per_group samples, KEEP's sampler) or "uniform" (the run's random batches,
 # e.g. to compare objectives on identical batches)
@@ -214,6 +215,7 @@ class KeepObjective(Objective):
     logit_init = (math.log(1 / 0.04), None)
     init_rank = 1
     needs_rows = True
+    streams_rows = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -258,6 +260,36 @@ class KeepObjective(Objective):
                 + ("; uniform random batches" if uniform else ""))
         return DataNeeds(row_fields=data.row_fields, caption_fn=data.caption_fn,
                          batching=None if uniform else GroupBatching(data), info=info)
+
+    def stream_needs(self, manifest: Any, vocabulary: dict[str, list[str]] | None, card: Any, model: nn.Module,
+                     options: dict[str, Any]) -> DataNeeds:
+        """Groups for streamed shards: ids from the shards' vocabulary (the same on every rank, whatever the
+        world size), each sample's group from its ``json`` member, hierarchy relations from the ontology.
+        Batches are the stream's own (uniform) ones; a sample with no group, label or concept is a group of
+        its own. Group batches and caption synthesis need a manifest."""
+        from medvlp.data.samplers import label_concept
+
+        opts = _keep_options(options)
+        if ((options or {}).get("keep") or {}).get("batching") == "groups":
+            raise ConfigError("keep batching=groups needs a manifest (the group sampler draws rows); over streamed "
+                              "shards keep trains on the stream's batches (batching=uniform) with its group masks")
+        if float(opts["caption_p"]) > 0:
+            raise ConfigError("keep caption synthesis (caption_p > 0) needs a manifest; pass --data MANIFEST or "
+                              "set keep caption_p=0 for streamed shards")
+        vocab = require_vocabulary(vocabulary, "keep")
+        graph = _load_graph(opts["ontology"], card, need=False)
+        keys = set(vocab.get("groups", []))
+        keys |= {label_concept(lab, graph, card) or lab for lab in vocab.get("labels", [])}
+        keys |= {graph.resolve(c) if graph is not None else c for c in vocab.get("concepts", [])}
+        names = sorted(keys)
+        concepts = [graph.resolve(k) if graph is not None and graph.get(k) is not None
+                    else label_concept(k, graph, card) for k in names]
+        pairs = group_relations(concepts, graph)
+        self.set_relations(pairs, len(names))
+        n_related = len({tuple(sorted(p)) for p in pairs})
+        return DataNeeds(meta_fields=ShardGroups({k: j for j, k in enumerate(names)}, graph, card),
+                         info=f"{len(names)} groups from the shards' vocabulary ({n_related} related pairs by the "
+                              "ontology); the stream's batches")
 
     # --------------------------------------------------------------------------------------------
     def data_hooks(self, manifest: Any, card: Any = None, options: dict[str, Any] | None = None) -> KeepData:
@@ -307,6 +339,31 @@ class KeepObjective(Objective):
                 "ontology": graph.meta.get("name", "") if graph is not None else None,
             },
         )
+
+
+class ShardGroups:
+    """``(meta, key) -> {"group": id}`` for a streamed sample (picklable, for loader workers): the id of its
+    group key (:func:`~medvlp.data.samplers.sample_group_key`) or, where it has none, ``-(key + 1)``: a group
+    of its own, the same on every rank."""
+
+    def __init__(self, index: dict[str, int], graph: Any, card: Any) -> None:
+        self.index, self.graph, self.card = index, graph, card
+        self._memo: dict[tuple, int | None] = {}
+
+    def __call__(self, meta: dict[str, Any], key: int) -> dict[str, Any]:
+        from medvlp.data.samplers import sample_group_key
+        from medvlp.data.shards import meta_labels
+
+        labels = meta_labels(meta)
+        group, concepts = meta.get("group"), meta.get("concepts")
+        memo_key = (repr(group), labels[0] if labels else None, repr(concepts) if not labels else None)
+        if memo_key not in self._memo:
+            if len(self._memo) > 100_000:
+                self._memo.clear()
+            k = sample_group_key(group, labels, concepts, graph=self.graph, card=self.card)
+            self._memo[memo_key] = self.index.get(k) if k is not None else None
+        gid = self._memo[memo_key]
+        return {"group": gid if gid is not None else -(int(key) + 1)}
 
 
 class GroupBatching:

@@ -39,13 +39,14 @@ from torch import nn
 from medvlp.data.samplers import RowValue
 from medvlp.errors import ConfigError
 from medvlp.objectives import register
-from medvlp.objectives.base import DataNeeds, Objective
+from medvlp.objectives.base import DataNeeds, Objective, require_vocabulary
 from medvlp.objectives.clip import ClipObjective
 from medvlp.objectives.distributed import gather_no_grad, gather_with_grad, world_info
 
 __all__ = [
     "SoftClipObjective",
     "SoftData",
+    "ShardLabelVectors",
     "label_vocabulary",
     "soft_clip_loss",
     "soft_targets",
@@ -104,22 +105,40 @@ def soft_clip_loss(
     return -((targets * log_p_i2t).sum(1).mean() + (targets * log_p_t2i).sum(1).mean()) / 2
 
 
+def sample_names(labels: list[str], concepts: Any, source: str = "label") -> list[str]:
+    """The names a sample's soft-target vector marks: its labels and/or non-negated concept ids."""
+    from medvlp.data.shards import concept_ids
+
+    names = list(labels) if source in ("label", "both") else []
+    if source in ("concepts", "both"):
+        names += concept_ids(concepts)
+    return list(dict.fromkeys(names))
+
+
 def label_vocabulary(manifest: Any, source: str = "label") -> tuple[list[str], list[list[str]]]:
     """``(vocabulary, names per row)`` of a manifest's labels and/or non-negated concept ids."""
-    per_row: list[list[str]] = []
-    for i in range(len(manifest)):
-        names: list[str] = []
-        if source in ("label", "both"):
-            names += manifest.labels(i)
-        if source in ("concepts", "both"):
-            for item in manifest.concepts(i) or []:
-                if isinstance(item, str):
-                    names.append(item)
-                elif isinstance(item, dict) and item.get("id") and not item.get("negated"):
-                    names.append(str(item["id"]))
-        per_row.append(list(dict.fromkeys(names)))
+    per_row = [sample_names(manifest.labels(i), manifest.concepts(i), source) for i in range(len(manifest))]
     vocab = sorted({n for names in per_row for n in names})
     return vocab, per_row
+
+
+class ShardLabelVectors:
+    """``(meta, key) -> {"soft_labels": FloatTensor(L)}`` for a streamed sample, over the shards' vocabulary
+    (the same on every rank); picklable, for loader workers."""
+
+    def __init__(self, vocabulary: list[str], source: str) -> None:
+        self.index = {n: j for j, n in enumerate(vocabulary)}
+        self.size, self.source = max(len(vocabulary), 1), source
+
+    def __call__(self, meta: dict[str, Any], key: int) -> dict[str, Any]:
+        from medvlp.data.shards import meta_labels
+
+        vec = torch.zeros(self.size)
+        for n in sample_names(meta_labels(meta), meta.get("concepts"), self.source):
+            j = self.index.get(n)
+            if j is not None:
+                vec[j] = 1.0
+        return {"soft_labels": vec}
 
 
 @dataclass
@@ -143,6 +162,7 @@ class SoftClipObjective(Objective):
     logit_init = ClipObjective.logit_init  # soft targets start from CLIP's temperature
     init_rank = 1
     needs_rows = True
+    streams_rows = True
 
     def __init__(self, similarity: str = "cosine", source: str = "label") -> None:
         super().__init__()
@@ -169,13 +189,27 @@ class SoftClipObjective(Objective):
             targets = soft_targets(local, gather_no_grad(local), rank * b, self.similarity).to(img.dtype)
         return {"softclip": soft_clip_loss(img, txt, all_img, all_txt, scale, targets)}
 
-    def data_hooks(self, manifest: Any, card: Any = None, options: dict[str, Any] | None = None) -> SoftData:
-        """Label vectors for the dataset; ``options["softclip"]`` may set ``similarity`` and ``source``."""
+    def _options(self, options: dict[str, Any] | None) -> None:
         raw = dict((options or {}).get("softclip") or {})
         unknown = set(raw) - set(SOFT_OPTIONS)
         if unknown:
             raise ConfigError(f"unknown softclip option(s) {sorted(unknown)}; known: {sorted(SOFT_OPTIONS)}")
         self._configure(str(raw.get("similarity", self.similarity)), str(raw.get("source", self.source)))
+
+    def stream_needs(self, manifest: Any, vocabulary: dict[str, list[str]] | None, card: Any, model: nn.Module,
+                     options: dict[str, Any]) -> DataNeeds:
+        """Label vectors for streamed shards, over the shards' vocabulary of labels and/or concept ids."""
+        self._options(options)
+        vocab = require_vocabulary(vocabulary, "softclip")
+        names = set(vocab.get("labels", [])) if self.source in ("label", "both") else set()
+        if self.source in ("concepts", "both"):
+            names |= set(vocab.get("concepts", []))
+        return DataNeeds(meta_fields=ShardLabelVectors(sorted(names), self.source),
+                         info=f"{len(names)} labels from the shards' vocabulary")
+
+    def data_hooks(self, manifest: Any, card: Any = None, options: dict[str, Any] | None = None) -> SoftData:
+        """Label vectors for the dataset; ``options["softclip"]`` may set ``similarity`` and ``source``."""
+        self._options(options)
         vocab, per_row = label_vocabulary(manifest, self.source)
         index = {n: j for j, n in enumerate(vocab)}
         vectors = torch.zeros(len(per_row), max(len(vocab), 1))

@@ -210,20 +210,27 @@ def _build_model(cfg: TrainConfig, card: DomainCard, dinfo: DistInfo,
     return model, model_name, lock_text
 
 
-def _build_dataset(cfg: TrainConfig, train_m: Manifest, model: MedVLP, opts: ImageOptions, needs: DataNeeds,
-                   log: RunLogger, dinfo: DistInfo, quiet: bool) -> tuple[Any, bool, str]:
+def _build_dataset(cfg: TrainConfig, train_m: Manifest, model: MedVLP, opts: ImageOptions,
+                   objective: CombinedObjective, card: DomainCard, log: RunLogger, dinfo: DistInfo,
+                   quiet: bool) -> tuple[Any, DataNeeds, bool, str]:
+    """The training dataset and what the objective needs of it: ``(dataset, needs, streamed, description)``."""
     from medvlp.data.stream import ShardStream, is_shard_pattern
 
     if is_shard_pattern(cfg.data):
-        # -- streamed shards: an IterableDataset split over ranks and workers (medvlp.data.stream)
+        # -- streamed shards: an IterableDataset split over ranks and workers (medvlp.data.stream). The
+        # objective's per-sample fields come from each sample's json member, numbered by the shards'
+        # vocabulary (shards.json), so they agree on every rank.
         stream = ShardStream(str(cfg.data), model.tokenizer, opts, seed=cfg.seed, rank=dinfo.rank,
-                             world=dinfo.world, bad_log=log.bad_sample, max_bad_fraction=cfg.max_bad_fraction,
-                             **needs.stream_kwargs())
-        return stream, True, f" ({len(stream.urls)} shard(s), epoch length from {stream.count_source})"
+                             world=dinfo.world, bad_log=log.bad_sample, max_bad_fraction=cfg.max_bad_fraction)
+        needs = objective.stream_needs(train_m, stream.vocabulary, card, model, cfg.extra)
+        for key, value in needs.stream_kwargs().items():
+            setattr(stream, key, value)
+        return stream, needs, True, f" ({len(stream.urls)} shard(s), epoch length from {stream.count_source})"
+    needs = objective.data_needs(train_m, card, model, cfg.extra)
     ds = ImageTextDataset(train_m, model.tokenizer, opts, seed=cfg.seed, train=True, cache=cfg.cache,
                           bad_log=log.bad_sample, max_bad_fraction=cfg.max_bad_fraction,
                           progress=dinfo.is_main and not quiet, **needs.dataset_kwargs())
-    return ds, False, ""
+    return ds, needs, False, ""
 
 
 def resolve_run(cfg: TrainConfig, dinfo: DistInfo, quiet: bool = False) -> Run:
@@ -251,9 +258,8 @@ def resolve_run(cfg: TrainConfig, dinfo: DistInfo, quiet: bool = False) -> Run:
     model, model_name, lock_text = _build_model(cfg, card, dinfo, objective)
     train_m, held_m, data_desc = resolve_data(cfg, card, dinfo, objective)
     opts = options_for(model.spec, card, train=True)
-    needs = objective.data_needs(train_m, card, model, cfg.extra)
     data_cfg = cfg if write else TrainConfig(**{**cfg.to_dict(), "cache": "none"})
-    ds, streamed, more = _build_dataset(data_cfg, train_m, model, opts, needs, log, dinfo, quiet)
+    ds, needs, streamed, more = _build_dataset(data_cfg, train_m, model, opts, objective, card, log, dinfo, quiet)
     data_desc += more
 
     batch = cfg.batch_size or default_batch_size(dev)

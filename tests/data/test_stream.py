@@ -170,7 +170,7 @@ def test_bad_samples_are_skipped_and_logged(tmp_path: Path) -> None:
         _keys(strict)
 
 
-def test_pretrain_streams_shards(demo: dict, tmp_path: Path) -> None:
+def test_pretrain_streams_shards(demo: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from medvlp.config import TrainConfig
     from medvlp.train import pretrain
 
@@ -182,6 +182,15 @@ def test_pretrain_streams_shards(demo: dict, tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in lines)
     assert (out / "model" / "open_clip_model.safetensors").is_file()
-    with pytest.raises(ConfigError, match="needs a manifest"):
-        pretrain(TrainConfig(domain="pathology", data=demo["many"], objective="keep", steps=1, batch_size=8,
-                             out=str(tmp_path / "k"), workers=0), quiet=True)
+    # an objective that reads manifest rows and cannot build them from shards is refused by name
+    import medvlp.objectives as objectives
+    from medvlp.objectives.clip import ClipObjective
+
+    class RowsOnly(ClipObjective):
+        name = "rows_only_demo"
+        needs_rows = True
+
+    monkeypatch.setitem(objectives._REGISTRY, "rows_only_demo", RowsOnly)  # removed after the test
+    with pytest.raises(ConfigError, match="rows_only_demo needs a manifest.*keep"):
+        pretrain(TrainConfig(domain="pathology", data=demo["many"], objective="rows_only_demo", steps=1,
+                             batch_size=8, out=str(tmp_path / "k"), workers=0), quiet=True)
