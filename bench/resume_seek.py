@@ -11,7 +11,8 @@ is timed for the smaller points; it grows linearly.
 Usage::
 
     python bench/resume_seek.py                          # 40 shards x 500 samples, batch 64
-    python bench/resume_seek.py --shards 8 --per-shard 250 --write   # also bench/results/resume_seek.md
+    python bench/resume_seek.py --shards 8 --per-shard 250 --write   # also bench/results/resume_seek.md and
+                                                                     # its section of bench/RESULTS.md
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> str:
     print(text)
     if args.write:
         _common.write_text(_common.RESULTS_DIR / "resume_seek.md", text)
+        body = text.replace("# Resume seek (streamed shards)", "## Resume seek (streamed shards): time to the first "
+                            "batch does not grow with the samples already seen", 1)
+        _common.write_section(_common.RESULTS_DIR.parent / "RESULTS.md", "resume-seek", body)
     return text
 
 
