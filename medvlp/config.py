@@ -31,7 +31,7 @@ class TrainConfig:
     beta2: float = 0.98  # AdamW beta2 (CLIP practice for stability)
     grad_accum: int = 1  # micro-batches per step; features are cached so the loss sees the full batch
     grad_clip: float = 1.0  # max gradient norm; 0 disables
-    precision: str | None = None  # fp32 | bf16 | fp16; None = fp32 on CPU, bf16 on CUDA
+    precision: str | None = None  # fp32 | bf16 | fp16; None = bf16 on CUDA and on CPUs with native bf16, else fp32
     lock_text: bool | None = None  # freeze the text tower (LiT-style); None = lock pretrained text towers
     lock_image: bool = False  # freeze the image tower
     patch_dropout: float = 0.0  # FLIP: fraction of patch tokens dropped in training (0 = off)

@@ -24,7 +24,7 @@ def pretrain(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint.")] = False,
-    precision: Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 (default fp32 on CPU, bf16 on CUDA).")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 (default bf16 on CUDA and on CPUs with native bf16, else fp32).")] = None,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per step (features cached).")] = 1,
     grad_clip: Annotated[float, typer.Option(help="Max gradient norm (0 = off).")] = 1.0,
     warmup: Annotated[float, typer.Option(help="Warm-up steps, or a fraction of steps if < 1.")] = 0.05,

@@ -139,7 +139,7 @@ def test_two_processes_over_shards_equal_one(cells: dict, tmp_path: Path, object
     vectors) from every rank: 2 processes x 8 must train exactly as 1 process x 16."""
     args = ["--domain", "microscopy", "--data", cells["shards"].pattern, "--objective", objective, "--steps", "4",
             "--batch-size", "16", "--seed", "0", "--device", "cpu", "--workers", "0", "--no-eval", "--log-every",
-            "1", "--quiet", "--threads", "1", "--warmup", "0"]
+            "1", "--quiet", "--threads", "1", "--precision", "fp32", "--warmup", "0"]
     _run(args, tmp_path / "one", 1)
     _run(args, tmp_path / "two", 2)
     wa = load_file(tmp_path / "one" / "model" / "open_clip_model.safetensors")

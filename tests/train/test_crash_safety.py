@@ -51,7 +51,7 @@ CHILD = textwrap.dedent("""
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["pretrain", "--data", str(data), "--steps", "12", "--batch-size", "16", "--seed", "3", "--device",
-            "cpu", "--workers", "0", "--no-eval", "--log-every", "1", "--quiet", "--threads", "1",
+            "cpu", "--workers", "0", "--no-eval", "--log-every", "1", "--quiet", "--threads", "1", "--precision", "fp32",
             "--save-every", "4", "--out", str(out), *extra]
 
 

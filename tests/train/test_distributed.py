@@ -34,7 +34,7 @@ def _losses(run: Path) -> list[float]:
 def test_two_processes_equal_one(small_demo: Path, tmp_path: Path, objective: str) -> None:
     args = ["--data", str(small_demo), "--objective", objective, "--steps", "4", "--batch-size", "32",
             "--seed", "0", "--device", "cpu", "--workers", "0", "--no-eval", "--log-every", "1", "--quiet",
-            "--threads", "1", "--warmup", "0"]
+            "--threads", "1", "--precision", "fp32", "--warmup", "0"]
     _run(args, tmp_path / "one", 1)
     _run(args, tmp_path / "two", 2)
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")

@@ -32,7 +32,7 @@ def test_killed_two_process_run_resumes_on_one_process(small_demo: Path, tmp_pat
 
     shards = write_shards(small_demo, tmp_path / "shards", shard_size=16, split="train")
     args = ["--data", shards.pattern, "--steps", "8", "--batch-size", "16", "--seed", "0", "--device", "cpu",
-            "--workers", "0", "--no-eval", "--log-every", "1", "--quiet", "--threads", "1", "--warmup", "0",
+            "--workers", "0", "--no-eval", "--log-every", "1", "--quiet", "--threads", "1", "--precision", "fp32", "--warmup", "0",
             "--save-every", "2"]
     full = subprocess.run(_cmd(args, tmp_path / "full", 2), capture_output=True, text=True, env=ENV, timeout=150)
     assert full.returncode == 0, full.stderr[-3000:]

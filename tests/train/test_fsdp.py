@@ -33,7 +33,7 @@ def _losses(run: Path) -> list[float]:
 def test_fsdp_equals_ddp_and_its_checkpoint_reshards(small_demo: Path, tmp_path: Path, objective: str) -> None:
     args = ["--data", str(small_demo), "--objective", objective, "--steps", "4", "--batch-size", "32",
             "--seed", "0", "--device", "cpu", "--workers", "0", "--no-eval", "--log-every", "1", "--quiet",
-            "--threads", "1", "--warmup", "0", "--save-every", "2"]
+            "--threads", "1", "--precision", "fp32", "--warmup", "0", "--save-every", "2"]
     ddp = _run(args, tmp_path / "ddp", 2)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     fsdp = _run([*args, "--fsdp"], tmp_path / "fsdp", 2)

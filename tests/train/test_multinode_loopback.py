@@ -76,7 +76,7 @@ def test_dry_run_on_two_nodes_reports_the_layout(small_demo: Path, tmp_path: Pat
 
     shards = write_shards(small_demo, tmp_path / "shards", shard_size=32, split="train")
     runs = _two_nodes(["-m", "medvlp", "pretrain", "--data", shards.pattern, "--dry-run", "--batch-size", "16",
-                       "--steps", "3", "--device", "cpu", "--workers", "0", "--threads", "1",
+                       "--steps", "3", "--device", "cpu", "--workers", "0", "--threads", "1", "--precision", "fp32",
                        "--out", str(tmp_path / "run")], timeout=200)
     for run in runs:
         assert run.returncode == 0, run.stderr[-3000:]

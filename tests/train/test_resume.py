@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def _cmd(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "medvlp", "pretrain", "--data", str(data), "--steps", "40", "--batch-size", "16",
             "--seed", "3", "--device", "cpu", "--workers", "0", "--no-eval", "--log-every", "1", "--quiet",
-            "--threads", "1", "--save-every", "5", "--out", str(out), *extra]
+            "--threads", "1", "--precision", "fp32", "--save-every", "5", "--out", str(out), *extra]
 
 
 def test_sigkill_and_resume_is_exact(small_demo: Path, tmp_path: Path) -> None:
