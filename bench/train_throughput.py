@@ -28,7 +28,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from _common import load_average, machine, metrics_records, pathology_tiles, train_run
+from _common import (
+    RESULTS_DIR,
+    command_line,
+    load_average,
+    machine,
+    metrics_records,
+    pathology_tiles,
+    train_run,
+    write_section,
+)
 
 
 def _csv(tmp: Path, manifest: Path | None) -> Path:
@@ -126,6 +135,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating repeats per side")
     ap.add_argument("--manifest", type=Path, default=None, help="a manifest of image files (default: the "
                                                                 "pathology demo's tile images)")
+    ap.add_argument("--no-write", action="store_true", help="print only (no section in bench/RESULTS.md)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--csv", type=Path, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -150,17 +160,24 @@ def main() -> None:
                 print(f"repeat {rep + 1} {side}: {results[side][-1]['samples_per_s']:.1f} samples/s", flush=True)
     med = {s: statistics.median(r["samples_per_s"] for r in results[s]) for s in sides}
     best = max(sides[1:], key=lambda s: med[s])
-    print(f"machine: {machine(torch_threads=True)}, {sys.platform}; load average {load_average()}")
-    print(f"data: {a.steps} steps x batch {a.batch}, tiny model, clip at 1.0, {a.threads} threads; medvlp "
-          f"precision (its default here): {results['medvlp'][-1].get('precision')}")
-    for s in sides:
-        print(f"{s:<16}: {_spread([r['samples_per_s'] for r in results[s]])} samples/s")
+    best_fp32 = max(["openclip-w0", "openclip-w2"], key=lambda s: med[s])
+    lines = [f"machine: {machine(torch_threads=True)}, {sys.platform}; load average {load_average()}",
+             f"data: {a.steps} steps x batch {a.batch}, tiny model, clip at 1.0, {a.threads} threads; medvlp "
+             f"precision (its default here): {results['medvlp'][-1].get('precision')}"]
+    lines += [f"{s:<16}: {_spread([r['samples_per_s'] for r in results[s]])} samples/s" for s in sides]
     split = results["medvlp"][-1].get("split", {})
     if split:
-        print("medvlp step split (median s): " + ", ".join(f"{k} {v:.4f}" for k, v in split.items()))
-    best_fp32 = max(["openclip-w0", "openclip-w2"], key=lambda s: med[s])
-    print(f"ratio medvlp / best open_clip fp32 ({best_fp32}): {med['medvlp'] / med[best_fp32]:.2f}")
-    print(f"ratio medvlp / best open_clip: {med['medvlp'] / med[best]:.2f} (best: {best})")
+        lines.append("medvlp step split (median s): " + ", ".join(f"{k} {v:.4f}" for k, v in split.items()))
+    lines.append(f"ratio medvlp / best open_clip fp32 ({best_fp32}): {med['medvlp'] / med[best_fp32]:.2f}")
+    lines.append(f"ratio medvlp / best open_clip: {med['medvlp'] / med[best]:.2f} (best: {best})")
+    print("\n".join(lines))
+    if not a.no_write:
+        cmd = command_line(__file__, sys.argv[1:])
+        write_section(RESULTS_DIR.parent / "RESULTS.md", "train-throughput", "\n".join([
+            "## Training throughput vs open_clip_train (`bench/train_throughput.py`, issue 16)", "",
+            f"Command: `{cmd}` ({a.repeats} alternating repeats per side; median (min, max)). open_clip_train "
+            "runs fp32 and `--precision amp_bf16`, with 0 and 2 workers; the ratio is against the best of the "
+            "four.", "", "```text", *lines, "```"]))
 
 
 if __name__ == "__main__":
