@@ -293,11 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "objectives_ablation.md")
     ap.add_argument("--results", default=str(RESULTS_DIR.parent / "RESULTS.md"),
                     help="also write the table as a section of this file ('' to skip)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="write the table from the datasets stored with these settings; train nothing")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     objectives = args.objectives.split(",")
     loaders = {"wbcatt": wbcatt_data, "pneumonia": pneumonia_data, "covid": covid_data, "pathology": pathology_data}
     settings = {"steps": args.steps, "batch_size": args.batch_size, "seeds": seeds, "objectives": objectives}
+    if args.render_only:  # the table again from the stored datasets, nothing trained
+        print(_write(args, settings))
+        return 0
     for name in args.datasets.split(","):
         t0 = time.time()
         data = loaders[name](args.work)
@@ -315,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = args.work / "runs" / f"{name}-{obj.replace('+', '_')}-s{seed}-{args.steps}x{args.batch_size}"
                 if not (out / "model" / "medvlp.json").is_file():  # a finished run of the same settings is reused
                     train_run(data["domain"], data["train"], out, objective=obj, steps=args.steps,
-                              batch_size=args.batch_size, seed=seed, log_every=10,
+                              batch_size=args.batch_size, seed=seed, log_every=10, precision="fp32",
                               extra={"keep": {"batching": "uniform"}} if "keep" in obj else {})
                 import medvlp
 
@@ -377,8 +382,9 @@ def _write(args: argparse.Namespace, settings: dict) -> str:
         sections += rec["section"]
         commands.append(f"- {name}: `{rec['command']}` on {rec['machine']}, {rec['wall_s']} s")
     body = "\n".join([
-        f"Model `tiny` (the CPU default of every card), {settings['steps']} steps x batch "
-        f"{settings['batch_size']}, seeds {', '.join(map(str, settings['seeds']))}; identical batches for every "
+        f"Model `tiny` (the CPU default of every card), fp32 (pinned: the table must not depend on whether a "
+        f"CPU has bf16), {settings['steps']} steps x batch {settings['batch_size']}, seeds "
+        f"{', '.join(map(str, settings['seeds']))}; identical batches for every "
         "objective (one uniform sampler; KEEP with `batching=uniform`). Cells: mean +- sd over the training "
         "seeds (bootstrap 95% CI of seed 0). Each dataset's table is written by the command beside it (the "
         f"script keeps one JSON per dataset under `{_store_path(args, 'x').parent.name}/` and renders them all):",
