@@ -293,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "objectives_ablation.md")
     ap.add_argument("--results", default=str(RESULTS_DIR.parent / "RESULTS.md"),
                     help="also write the table as a section of this file ('' to skip)")
+    ap.add_argument("--model-check", default=None, metavar="MODEL",
+                    help="also train the cards' default objective (clip) with MODEL (e.g. tiny-minilm) on the same "
+                         "batches and seeds, and compare it with tiny on each stored dataset")
     ap.add_argument("--render-only", action="store_true",
                     help="write the table from the datasets stored with these settings; train nothing")
     args = ap.parse_args(argv)
@@ -301,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     loaders = {"wbcatt": wbcatt_data, "pneumonia": pneumonia_data, "covid": covid_data, "pathology": pathology_data}
     settings = {"steps": args.steps, "batch_size": args.batch_size, "seeds": seeds, "objectives": objectives}
     if args.render_only:  # the table again from the stored datasets, nothing trained
+        print(_write(args, settings))
+        return 0
+    if args.model_check:
+        for name in args.datasets.split(","):
+            model_check(args, settings, name, loaders[name](args.work), seeds)
         print(_write(args, settings))
         return 0
     for name in args.datasets.split(","):
@@ -351,6 +359,81 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# Default model check: tiny vs another model, the cards' default objective, same batches and seeds
+# ------------------------------------------------------------------------------------------------
+DEFAULT_OBJECTIVE = "clip"
+
+
+def _mean_sd(cell: str) -> tuple[float, float] | None:
+    import re
+
+    m = re.match(r"\s*([-\d.]+) \+- ([-\d.]+)", cell)
+    return (float(m.group(1)), float(m.group(2))) if m else None
+
+
+def _table_row(section: list[str], label: str) -> tuple[list[str], list[str]] | None:
+    """``(header cells, cells of the row labelled label)`` of a stored dataset table."""
+    header = next((x for x in section if x.startswith("| objective |")), None)
+    row = next((x for x in section if x.startswith(f"| {label} |")), None)
+    if header is None or row is None:
+        return None
+    return [c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]
+
+
+def model_check(args: argparse.Namespace, settings: dict, name: str, data: dict[str, Any] | None,
+                seeds: list[int]) -> None:
+    """Train ``DEFAULT_OBJECTIVE`` with ``args.model_check`` over the seeds and store it beside the dataset's
+    table, with a verdict against the table's ``tiny`` row of the same objective."""
+    path = _store_path(args, name)
+    rec = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if data is None or rec is None or rec["settings"] != settings:
+        print(f"{name}: no stored table with these settings (or no data): model check skipped", flush=True)
+        return
+    t0 = time.time()
+    import medvlp
+
+    runs, sps = [], 0.0
+    for seed in seeds:
+        out = args.work / "runs" / f"{name}-{DEFAULT_OBJECTIVE}-{args.model_check}-s{seed}-{args.steps}x{args.batch_size}"
+        if not (out / "model" / "medvlp.json").is_file():
+            train_run(data["domain"], data["train"], out, objective=DEFAULT_OBJECTIVE, model=args.model_check,
+                      steps=args.steps, batch_size=args.batch_size, seed=seed, log_every=10, precision="fp32")
+        runs.append(measure(name, data, medvlp.load(out), args.boot if seed == seeds[0] else 50))
+        if seed == seeds[0]:
+            sps = _s_per_step(out, args.batch_size)
+        print(f"{name} {DEFAULT_OBJECTIVE}@{args.model_check} seed {seed}: {HEADLINE[name]} = "
+              f"{(runs[-1].get(HEADLINE[name]) or {}).get('value')}", flush=True)
+    keys = [k for k in runs[0] if not k.startswith("_")]
+    ref = _table_row(rec["section"], DEFAULT_OBJECTIVE)
+    if ref is None:
+        print(f"{name}: the stored table has no {DEFAULT_OBJECTIVE} row: model check skipped", flush=True)
+        return
+    header, base = ref
+    base_cells = {h: c for h, c in zip(header, base, strict=False)}
+    cells = [_cell([(r.get(k) or {}).get("value") for r in runs], runs[0].get(k)) for k in keys]
+    lines = [f"Default model check ({DEFAULT_OBJECTIVE}, the cards' default objective; same batches and seeds):", "",
+             "| model | " + " | ".join(keys) + " | s/step |", "|---|" + "---|" * (len(keys) + 1),
+             "| tiny | " + " | ".join(base_cells.get(k, "n/a") for k in keys) + f" | {base_cells.get('s/step', '')} |",
+             f"| {args.model_check} | " + " | ".join(cells) + f" | {sps:.2f} |", ""]
+    a = _mean_sd(base_cells.get(HEADLINE[name], ""))
+    b = _mean_sd(cells[keys.index(HEADLINE[name])]) if HEADLINE[name] in keys else None
+    if a is None or b is None:
+        v = f"{HEADLINE[name]}: not comparable"
+    elif b[0] - b[1] > a[0] + a[1]:
+        v = f"{HEADLINE[name]}: **{args.model_check}** beats tiny beyond the seed spread ({b[0]:.3f} +- {b[1]:.3f} vs {a[0]:.3f} +- {a[1]:.3f})"
+    elif a[0] - a[1] > b[0] + b[1]:
+        v = f"{HEADLINE[name]}: **tiny** beats {args.model_check} beyond the seed spread ({a[0]:.3f} +- {a[1]:.3f} vs {b[0]:.3f} +- {b[1]:.3f})"
+    else:
+        v = (f"{HEADLINE[name]}: no difference beyond the seed spread (tiny {a[0]:.3f} +- {a[1]:.3f}, "
+             f"{args.model_check} {b[0]:.3f} +- {b[1]:.3f})")
+    lines += [f"Verdict ({name}, default model): {v}", ""]
+    rec["model_check"] = {"model": args.model_check, "lines": lines, "verdict": v,
+                          "command": command_line(__file__, None), "wall_s": round(time.time() - t0)}
+    write_text(path, json.dumps(rec, indent=1) + "\n")
+    _write(args, settings)
+
+
+# ------------------------------------------------------------------------------------------------
 # Storage: one JSON per dataset, so that a run of some datasets keeps the others' tables
 # ------------------------------------------------------------------------------------------------
 def _store_path(args: argparse.Namespace, name: str) -> Path:
@@ -381,6 +464,11 @@ def _write(args: argparse.Namespace, settings: dict) -> str:
             verdicts.append(f"- {name}: {rec['verdict']}")
         sections += rec["section"]
         commands.append(f"- {name}: `{rec['command']}` on {rec['machine']}, {rec['wall_s']} s")
+        check = rec.get("model_check")
+        if check:
+            verdicts.append(f"- {name}, default model: {check['verdict']}")
+            sections += check["lines"]
+            commands.append(f"- {name}, default model check: `{check['command']}`, {check['wall_s']} s")
     body = "\n".join([
         f"Model `tiny` (the CPU default of every card), fp32 (pinned: the table must not depend on whether a "
         f"CPU has bf16), {settings['steps']} steps x batch {settings['batch_size']}, seeds "
