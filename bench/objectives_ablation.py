@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                     extra_cols[obj] = (_masks(out), _s_per_step(out, args.batch_size))
                 head = r.get(HEADLINE[name]) or {}
                 print(f"{name} {obj} seed {seed}: {HEADLINE[name]} = {head.get('value')}", flush=True)
-        keys = [k for k in next(iter(results.values()))[0] if not k.startswith("_")]
+        # every measure any objective has (the concept-head pointing game exists for concept models only)
+        keys = list(dict.fromkeys(k for runs in results.values() for r in runs for k in r if not k.startswith("_")))
         chance = next(iter(results.values()))[0].get("_chance")
         sections = [f"### {TITLES[name]}", "",
                     "| objective | " + " | ".join(keys) + " | negatives masked per step (seed 0) | s/step |",
@@ -445,6 +446,11 @@ def _store(args: argparse.Namespace, argv: list[str] | None, name: str, settings
     record = {"dataset": name, "settings": settings, "command": command_line(__file__, argv),
               "machine": machine(), "wall_s": round(time.time() - t0), "verdict": verdict_line,
               "section": sections}
+    path = _store_path(args, name)
+    if path.is_file():  # a model check stored with the same settings stays
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("settings") == settings and old.get("model_check"):
+            record["model_check"] = old["model_check"]
     write_text(_store_path(args, name), json.dumps(record, indent=1) + "\n")
 
 
