@@ -77,6 +77,14 @@ def _span_cost(run: dict, batches: list[dict]) -> tuple[float, float]:
     return out[0], out[1]
 
 
+@contextlib.contextmanager
+def _bf16_autocast():  # what training uses on a CPU with native bf16 (medvlp.train.loop)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
 def _step(run: dict, batch: dict) -> tuple[float, float, dict[str, float]]:
     """One optimisation step; returns (wall seconds, CPU seconds of this process, losses)."""
     from medvlp.train.step import NoScaler, train_step
@@ -84,7 +92,7 @@ def _step(run: dict, batch: dict) -> tuple[float, float, dict[str, float]]:
     c0 = time.process_time()
     t0 = time.perf_counter()
     losses = train_step(run["model"], run["objective"], batch, normalizer=run["normalizer"],
-                        device=torch.device("cpu"), accum=1, autocast=contextlib.nullcontext,
+                        device=torch.device("cpu"), accum=1, autocast=run.get("autocast", contextlib.nullcontext),
                         scaler=NoScaler())
     run["opt"].step()
     run["opt"].zero_grad(set_to_none=True)
@@ -99,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per objective first")
     ap.add_argument("--n-per-class", type=int, default=None, help="demo corpus size (default: the card's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: CPU autocast with the math attention path, as training uses on CPUs with native bf16")
     ap.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
     args = ap.parse_args(argv)
 
@@ -116,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {s: _setup(s, manifest, card, args.batch, args.seed, n_batches) for s in specs}
     for s in specs:
         runs[s]["batches"] = _batches(runs[s], n_batches)
+        if args.precision == "bf16":
+            runs[s]["autocast"] = _bf16_autocast
     span_cold, span_warm = _span_cost(runs["siglip+concept"], runs["siglip+concept"]["batches"])
     wall: dict[str, list[float]] = {s: [] for s in specs}
     cpu: dict[str, list[float]] = {s: [] for s in specs}
@@ -144,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{cmd.strip()}`  ",
         f"Machine: {machine(torch_threads=True)}; shared with other jobs while measured.  ",
         f"Setup: model `tiny` (ViT 64 px / patch 8 -> 64 patch tokens; text context 32), batch {args.batch}, "
-        f"pathology demo corpus ({len(manifest)} training rows), fp32, AdamW; {args.steps} timed steps per "
+        f"pathology demo corpus ({len(manifest)} training rows), {args.precision}, AdamW; {args.steps} timed steps per "
         f"objective after {args.warmup} warm-up steps, run in pairs (step k of both objectives back to back). "
         f"Concepts per batch (last step): {m_per_batch:.0f}.",
         "",
