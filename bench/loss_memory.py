@@ -36,12 +36,9 @@ import _common  # noqa: E402
 LOSSES = ["medvlp clip", "medvlp siglip", "open_clip local-loss", "open_clip full matrix", "medvlp keep"]
 
 
-def _hwm_kb() -> int:
-    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))  # type: ignore[union-attr]
-
-
-def _rss_kb() -> int:
-    return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))  # type: ignore[union-attr]
+def _status_kb(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS: now, VmHWM: the peak since the last reset), in kB."""
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))  # type: ignore[union-attr]
 
 
 def _loss_fn(name: str, rank: int, world: int) -> Any:
@@ -86,9 +83,9 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: A
             if world > 1:
                 dist.barrier()
             Path("/proc/self/clear_refs").write_text("5")
-            base = _rss_kb()
+            base = _status_kb("VmRSS")
             fn(img, txt, scale, bias).backward()
-            peak = _hwm_kb() - base
+            peak = _status_kb("VmHWM") - base
             del img, txt, scale, bias
             if rep:
                 peaks.append(peak / 1024)

@@ -75,6 +75,12 @@ def _attr(part: object, name: str, default: Any) -> Any:  # a part, or a registe
     return getattr(part, name, default)
 
 
+def _call(part: object, hook: str, *args: Any) -> Any:
+    """``part.hook(*args)``, or None for a part without that hook (a plain module registered as an objective)."""
+    fn = getattr(part, hook, None)
+    return fn(*args) if fn is not None else None
+
+
 class CombinedObjective(nn.Module):
     """Weighted sum of named objectives. ``forward`` returns every part and ``loss`` (the total).
 
@@ -137,25 +143,17 @@ class CombinedObjective(nn.Module):
     def data_needs(self, manifest: Manifest, card: DomainCard | None, model: nn.Module,
                    options: dict[str, Any]) -> DataNeeds:
         """Every part's :class:`DataNeeds`, merged (two caption functions or two samplers are refused)."""
-        out: dict[str, DataNeeds | None] = {}
-        for name, p in self.parts.items():
-            hook = getattr(p, "data_needs", None)
-            out[name] = hook(manifest, card, model, options) if hook is not None else None
-        return self._merge(out)
+        return self._merge({name: _call(p, "data_needs", manifest, card, model, options)
+                            for name, p in self.parts.items()})
 
     def stream_needs(self, manifest: Manifest, vocabulary: dict[str, list[str]] | None, card: DomainCard | None,
                      model: nn.Module, options: dict[str, Any]) -> DataNeeds:
         """Every part's needs for a streamed run (:meth:`Objective.stream_needs`), merged."""
         self.check_streamable()
-        out: dict[str, DataNeeds | None] = {}
-        for name, p in self.parts.items():
-            hook = getattr(p, "stream_needs", None)
-            if hook is not None:
-                out[name] = hook(manifest, vocabulary, card, model, options)
-            else:  # a plain module registered as an objective
-                data_hook = getattr(p, "data_needs", None)
-                out[name] = data_hook(manifest, card, model, options) if data_hook is not None else None
-        return self._merge(out)
+        return self._merge({name: (_call(p, "stream_needs", manifest, vocabulary, card, model, options)
+                                   if hasattr(p, "stream_needs")  # a plain module has neither hook
+                                   else _call(p, "data_needs", manifest, card, model, options))
+                            for name, p in self.parts.items()})
 
     def _merge(self, parts: dict[str, DataNeeds | None]) -> DataNeeds:
         from medvlp.data.samplers import MetaFields, RowFields

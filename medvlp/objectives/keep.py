@@ -282,8 +282,7 @@ class KeepObjective(Objective):
         keys |= {label_concept(lab, graph, card) or lab for lab in vocab.get("labels", [])}
         keys |= {graph.resolve(c) if graph is not None else c for c in vocab.get("concepts", [])}
         names = sorted(keys)
-        concepts = [graph.resolve(k) if graph is not None and graph.get(k) is not None
-                    else label_concept(k, graph, card) for k in names]
+        concepts = [_key_concept(k, graph, card) for k in names]
         pairs = group_relations(concepts, graph)
         self.set_relations(pairs, len(names))
         n_related = len({tuple(sorted(p)) for p in pairs})
@@ -443,6 +442,15 @@ def _load_graph(name: str | None, card: Any, need: bool) -> Any:
         return None
 
 
+def _key_concept(key: str, graph: Any, card: Any) -> str | None:
+    """The concept a group key stands for: the key itself when the ontology has it, else its label's concept."""
+    from medvlp.data.samplers import label_concept
+
+    if graph is not None and graph.get(key) is not None:
+        return graph.resolve(key)
+    return label_concept(key, graph, card)
+
+
 def _group_concepts(
     m: Any,
     names: list[str],
@@ -453,15 +461,11 @@ def _group_concepts(
 ) -> list[str | None]:
     """Concept of each group: its key when that is a concept (or label) of the ontology, else the most
     common first concept among its rows."""
-    from medvlp.data.samplers import label_concept
 
     out: list[str | None] = []
     votes: dict[int, Counter] = {}
     for g, key in enumerate(names):
-        if graph is not None and graph.get(key) is not None:
-            c = graph.resolve(key)
-        else:
-            c = label_concept(key, graph, card)
+        c = _key_concept(key, graph, card)
         out.append(c)
         if c is None:
             votes[g] = Counter()
